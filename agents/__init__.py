@@ -1,0 +1,1 @@
+"""Agents: policies behind one `act(obs)` / `reset()` interface."""

@@ -1,0 +1,62 @@
+"""The one entry point: ``python cli.py COMMAND ...`` (installed as ``dfm-vla``).
+
+Each command lives in the module that owns its work and exposes two functions:
+``add_arguments(parser)`` and ``main(args) -> int | None``. Each benchmark target
+(``python cli.py bench TARGET``) exposes ``add_arguments(parser)`` and
+``run(args) -> dict``; the dict's ``rows`` are printed as a table and the whole
+dict is written to ``--json PATH``. Modules are imported only when their command
+runs, so ``--help`` stays fast and a simulator command never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). A command is listed here once it works.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+# bench target -> (module, one-line help).
+BENCHMARKS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfm-vla",
+        description="Discrete flow matching policies for robots: roll out, collect, train, benchmark.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_module=module)
+
+    bench = sub.add_parser("bench", help="Speed and quality benchmarks; prints a table, writes --json.")
+    targets = bench.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        p = targets.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
+        importlib.import_module(module).add_arguments(p)
+        p.set_defaults(_bench_module=module, _bench_title=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        from dfm_vla.utils.report import report
+
+        result = importlib.import_module(args._bench_module).run(args)
+        report(args._bench_title, result, args.json)
+        return 0
+    code = importlib.import_module(args._module).main(args)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    try:
+        import dfm_vla  # noqa: F401
+    except ImportError:
+        sys.exit("dfm_vla is not installed: run `pip install -e .` in the repository root first.")
+    sys.exit(main())

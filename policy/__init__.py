@@ -1,0 +1,1 @@
+"""The model: configs, backbone, tokenizers, probability path, velocity, samplers, KV cache."""

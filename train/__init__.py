@@ -1,0 +1,1 @@
+"""Training: demo readers, chunk data sets, the fine-tuning loop, checkpoints."""
