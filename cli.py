@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). A command is listed here once it works.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "rollout": ("dfm_vla.evaluation.command", "Roll a policy out on an env's protocol, live dashboard"),
+    "eval": ("dfm_vla.evaluation.eval_command", "The rollout protocol with plain log lines, for scripts"),
+}
 
 # bench target -> (module, one-line help).
-BENCHMARKS: dict[str, tuple[str, str]] = {}
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "tokenizers": ("dfm_vla.policy.bench_tokenizers", "Action tokenizers (FAST, bins): size, error, speed"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        from dfm_vla.utils.report import report
+    try:
+        if args.command == "bench":
+            from dfm_vla.utils.report import report
 
-        result = importlib.import_module(args._bench_module).run(args)
-        report(args._bench_title, result, args.json)
-        return 0
-    code = importlib.import_module(args._module).main(args)
-    return int(code or 0)
+            result = importlib.import_module(args._bench_module).run(args)
+            report(args._bench_title, result, args.json)
+            return 0
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        # Bad input: one clear line. DFM_VLA_DEBUG=1 shows the traceback.
+        if os.environ.get("DFM_VLA_DEBUG"):
+            raise
+        print(f"dfm-vla {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

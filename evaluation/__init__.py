@@ -1,0 +1,1 @@
+"""Rollout and evaluation: one episode loop, results that resume, a live dashboard, videos, charts."""

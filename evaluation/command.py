@@ -1,0 +1,176 @@
+"""`python cli.py rollout` (live dashboard) and `python cli.py eval` (plain log lines, for scripts).
+
+Both run the env's evaluation protocol: every task (or --tasks), the official initial states in order
+(LIBERO: 50 per task), the suite's step limit, the benchmark's own success check. Results go to
+``<out>/results.json`` after every episode; ``--resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+import dfm_vla
+from dfm_vla.evaluation.dashboard import Dashboard
+from dfm_vla.evaluation.policies import policy_spec_from_args
+from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task
+from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, episode_specs, run_in_process, run_parallel
+
+QUICK_EPISODES_PER_TASK = 5  # `rollout` default: a first look in minutes; --full runs the protocol
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) -> None:
+    parser.add_argument("--env", default="libero_goal", help="env name (default: libero_goal)")
+    parser.add_argument(
+        "--policy",
+        help="checkpoint folder, or 'expert' for the scripted experts "
+        "(default: the checkpoint that ships for --env)",
+    )
+    parser.add_argument("--remote", metavar="HOST:PORT", help="use a policy served by `cli.py serve`")
+    parser.add_argument("--decoder", choices=("dfm", "dd", "ar"), help="decoder (default: the checkpoint's)")
+    parser.add_argument("--steps", type=_steps, metavar="T_FINE,T_VAL", help="DFM steps, e.g. 14,2")
+    parser.add_argument("--tasks", type=_int_list, help="comma-separated task ids (default: all)")
+    parser.add_argument(
+        "--episodes-per-task",
+        type=int,
+        help=f"episodes per task (default: {QUICK_EPISODES_PER_TASK} for rollout, full protocol for eval)",
+    )
+    parser.add_argument("--full", action="store_true", help="the full protocol (LIBERO: 50 per task)")
+    parser.add_argument("--num-envs", type=int, default=1, help="parallel env processes (default: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--video", choices=VIDEO_MODES, default="none", help="save MP4s (renders every step)")
+    parser.add_argument("--video-view", help="camera for videos (default: the env's first)")
+    parser.add_argument("--out", help="output folder (default: runs/<command>/<env>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(_interactive=interactive)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, interactive=False)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise SystemExit("--resume needs --out DIR: the folder of the run to continue")
+    if args.num_envs < 1:
+        raise SystemExit(f"--num-envs must be >= 1, got {args.num_envs}")
+    spec = policy_spec_from_args(
+        args.env,
+        args.policy,
+        args.remote,
+        decoder=args.decoder,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+    )
+    command = "rollout" if args._interactive else "eval"
+    out = Path(args.out or f"runs/{command}/{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.full:
+        per_task = None
+    elif args.episodes_per_task is not None:
+        per_task = args.episodes_per_task
+    else:
+        per_task = QUICK_EPISODES_PER_TASK if args._interactive else None
+    cfg = RunConfig(env=args.env, policy=spec, out_dir=str(out), video=args.video, video_view=args.video_view)
+    meta = {
+        "env": args.env,
+        "policy": spec.describe(),
+        "decoder": args.decoder,
+        "steps": list(args.steps) if args.steps else None,
+        "seed": args.seed,
+        "episodes_per_task": per_task or "full",
+        "tasks": args.tasks,
+        "code_version": code_version(),
+    }
+    results = ResultsFile(out, meta, resume=args.resume)
+    done = results.done_keys
+
+    def make_specs(protocol):
+        n = per_task or protocol.num_init_states or 50
+        todo = [s for s in episode_specs(protocol, args.tasks, n, args.seed) if s.key not in done]
+        dashboard.total = len(todo) + len(done)
+        return todo
+
+    dashboard = Dashboard(
+        f"{command} {args.env} ({spec.describe()})", 0, live=None if args._interactive else False
+    )
+    for e in results.episodes:
+        dashboard.add_prior(e["spec"]["task_id"], e["success"])
+    if args.num_envs == 1:
+        stream = run_in_process(cfg, make_specs, on_step=dashboard.on_step)
+    else:
+        stream = run_parallel(cfg, make_specs, args.num_envs, on_step=dashboard.on_step)
+    try:
+        with dashboard:
+            for result in stream:
+                results.add(result.to_json())
+                dashboard.on_episode(result)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {len(results.episodes)} episodes saved in {results.path}; "
+            f"continue with --out {out} --resume"
+        )
+        return 130
+    finish(results, out, args.env)
+    return 0
+
+
+def finish(results: ResultsFile, out: Path, env: str) -> None:
+    """Print the summary table and write the success chart next to results.json."""
+    from dfm_vla.utils.report import print_table
+
+    summary = results.summary()
+    rows = [
+        {
+            "task": k,
+            "instruction": v["instruction"],
+            "success": f"{v['successes']}/{v['episodes']}",
+            "rate %": round(100 * v["success_rate"], 1),
+            "mean length": round(v["mean_length"], 1),
+        }
+        for k, v in summary["per_task"].items()
+    ]
+    o = summary["overall"]
+    rows.append(
+        {
+            "task": "all",
+            "instruction": "",
+            "success": f"{o['successes']}/{o['episodes']}",
+            "rate %": round(100 * o["mean_task_success_rate"], 1),
+            "mean length": "",
+        }
+    )
+    print_table(f"{env}: {results.meta['policy']}", rows)
+    if summary["per_task"]:
+        plot_success_by_task(summary, out / "success_by_task.png", f"{env}: {results.meta['policy']}")
+    print(f"results: {results.path}")
+
+
+def code_version() -> str:
+    root = Path(dfm_vla.__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode == 0:
+            return f"{dfm_vla.__version__}+{rev.stdout.strip()}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return dfm_vla.__version__
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _steps(text: str) -> tuple[int, int]:
+    parts = _int_list(text)
+    if len(parts) != 2 or parts[0] < 0 or parts[1] < 0 or sum(parts) == 0:
+        raise argparse.ArgumentTypeError(f"expected T_FINE,T_VAL (e.g. 14,2), got {text!r}")
+    return parts[0], parts[1]

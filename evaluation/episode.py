@@ -1,0 +1,160 @@
+"""One episode of any registered env with any policy: the loop every rollout and evaluation uses.
+
+A policy is any object with ``reset()`` and ``act(obs) -> np.ndarray (action_dim,)``. Optional:
+``needs_plan`` (bool, True when the next ``act`` plans a new chunk: images are rendered only then)
+and ``last_plan`` (what the last plan did: ``changed_per_step``, ``ms_total`` ...), which the
+dashboard shows. ``DFMPolicy``, the scripted experts and ``RemotePolicy`` all fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Which episode to run: a task of the suite, an official initial state (or None), a seed."""
+
+    task_id: int
+    init_state_id: int | None
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"task{self.task_id}/init{self.init_state_id}/seed{self.seed}"
+
+
+@dataclass
+class EpisodeResult:
+    spec: EpisodeSpec
+    instruction: str
+    success: bool
+    length: int  # env steps taken (settling no-ops excluded)
+    failure_reason: str | None
+    seconds: float
+    policy_ms_per_plan: float | None = None
+    plans: int = 0
+    video: str | None = None
+    frames: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("frames")
+        out["spec"] = asdict(self.spec)
+        out["key"] = self.spec.key
+        return out
+
+
+@dataclass
+class StepEvent:
+    """Progress of a running episode, sent to the dashboard every few steps."""
+
+    spec: EpisodeSpec
+    step: int
+    max_steps: int
+    steps_per_s: float
+    policy_ms_per_plan: float | None
+    changed_per_step: list[int] | None
+
+
+def plan_info(policy: Any) -> tuple[float | None, list[int] | None]:
+    """(ms of the last plan, tokens changed at each refinement step) when the policy reports them."""
+    plan = getattr(policy, "last_plan", None)
+    if plan is None:
+        return None, None
+    get = plan.get if isinstance(plan, dict) else lambda k, d=None: getattr(plan, k, d)
+    ms = get("ms_total", None)
+    changed = get("changed_per_step", None)
+    if changed is not None:
+        changed = np.asarray(changed)
+        if changed.ndim > 1:  # (B, T) from a batched plan: this env is row 0
+            changed = changed[0]
+        changed = [int(c) for c in changed]
+    return (float(ms) if ms is not None else None), changed
+
+
+def run_episode(
+    env: Any,
+    policy: Any,
+    spec: EpisodeSpec,
+    *,
+    record_video: bool = False,
+    video_view: str | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+    report_every: int = 10,
+) -> EpisodeResult:
+    """Reset ``env`` to ``spec``, run ``policy`` until success, failure or the step limit.
+
+    ``env`` follows the toolkit's env conventions (``info["success"]``, ``failure_reason``,
+    ``unwrapped.render_images()`` in on-demand camera mode). Frames for the video are taken from
+    ``obs["images"][video_view]`` (the env must render every step).
+    """
+    start = time.perf_counter()
+    options = {"task_id": spec.task_id, "init_state_id": spec.init_state_id}
+    obs, info = env.reset(seed=spec.seed, options=options)
+    base = env.unwrapped
+    instruction = str(obs.get("language", getattr(base, "instruction", "")))
+    max_steps = int(getattr(base, "max_episode_steps", 0) or 0)
+    reset = policy.reset
+    try:
+        reset(seed=spec.seed)
+    except TypeError:
+        reset()
+    frames: list[np.ndarray] = []
+    plan_ms: list[float] = []
+    success = bool(info.get("success", False))
+    failure_reason = None
+    steps = 0
+    loop_start = time.perf_counter()
+    on_demand_images = hasattr(base, "render_images") and "images" not in obs
+    wants_images = bool(getattr(policy, "uses_images", False))
+    while not success:
+        if record_video:
+            frames.append(_frame(obs, video_view))
+        if wants_images and on_demand_images and getattr(policy, "needs_plan", True):
+            obs = {**obs, "images": base.render_images()}
+        planning = getattr(policy, "needs_plan", False)
+        action = policy.act(obs)
+        if planning:
+            ms, _ = plan_info(policy)
+            if ms is not None:
+                plan_ms.append(ms)
+        obs, _reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
+        steps += 1
+        success = bool(info.get("success", False))
+        if on_step is not None and (steps % report_every == 0 or terminated or truncated):
+            ms, changed = plan_info(policy)
+            rate = steps / max(time.perf_counter() - loop_start, 1e-9)
+            on_step(StepEvent(spec, steps, max_steps, rate, ms, changed))
+        if terminated or truncated:
+            if not success:
+                failure_reason = info.get("failure_reason") or ("step limit" if truncated else "terminated")
+            break
+    if record_video:
+        frames.append(_frame(obs, video_view))
+    return EpisodeResult(
+        spec=spec,
+        instruction=instruction,
+        success=success,
+        length=steps,
+        failure_reason=None if success else failure_reason,
+        seconds=time.perf_counter() - start,
+        policy_ms_per_plan=float(np.median(plan_ms)) if plan_ms else None,
+        plans=len(plan_ms),
+        frames=frames,
+    )
+
+
+def _frame(obs: dict[str, Any], view: str | None) -> np.ndarray:
+    images = obs.get("images")
+    if not images:
+        raise ValueError("record_video needs obs['images']: create the env with camera_mode='every_step'")
+    view = view or next(iter(images))
+    if view not in images:
+        raise ValueError(f"video view {view!r} not in obs['images'] (have {sorted(images)})")
+    return np.asarray(images[view])

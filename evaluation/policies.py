@@ -1,0 +1,94 @@
+"""Turn what a user names (`--policy DIR`, `--policy expert`, `--remote HOST:PORT`) into a policy.
+
+Specs are small picklable dataclasses so parallel workers can build their own copy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dfm_vla
+
+# The checkpoints that ship in the repository, per env name (`rollout --env NAME` with no --policy).
+DEFAULT_POLICIES: dict[str, str] = {
+    "libero_goal": "checkpoints/libero_goal_tiny_dfm",
+}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    kind: str  # "checkpoint", "expert" or "remote"
+    path: str | None = None  # checkpoint folder, or "HOST:PORT" for remote
+    decoder: str | None = None  # dfm | dd | ar; None keeps the checkpoint's own
+    steps: tuple[int, int] | None = None  # (T_fine, T_val) for DFM
+    seed: int = 0
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        return self.kind if self.kind == "expert" else f"{self.kind}:{self.path}"
+
+
+def policy_spec_from_args(env: str, policy: str | None, remote: str | None, **kw: Any) -> PolicySpec:
+    """Resolve the CLI's --policy/--remote into a spec; a missing default names what to pass."""
+    if remote:
+        if policy:
+            raise ValueError("pass either --policy or --remote, not both")
+        return PolicySpec("remote", remote, **kw)
+    if policy == "expert":
+        return PolicySpec("expert", None, **kw)
+    if policy is None:
+        if env not in DEFAULT_POLICIES:
+            raise ValueError(
+                f"no default policy ships for env {env!r} (defaults exist for {sorted(DEFAULT_POLICIES)}); "
+                "pass --policy DIR, --policy expert or --remote HOST:PORT"
+            )
+        policy = str(Path(dfm_vla.__file__).parent / DEFAULT_POLICIES[env])
+    if not Path(policy).is_dir():
+        raise FileNotFoundError(f"--policy {policy}: no such checkpoint folder")
+    return PolicySpec("checkpoint", str(Path(policy).resolve()), **kw)
+
+
+class ExpertPolicy:
+    """A scripted expert behind the policy interface; it reads privileged state from its env."""
+
+    needs_plan = False
+    uses_images = False
+
+    def __init__(self, env_name: str, env: Any):
+        from dfm_vla.envs.registration import EXPERTS
+
+        if env_name not in EXPERTS:
+            raise ValueError(f"no scripted expert for env {env_name!r}; experts exist for {sorted(EXPERTS)}")
+        module, factory = EXPERTS[env_name].split(":")
+        self.expert = getattr(importlib.import_module(module), factory)()
+        self.env = env
+
+    def reset(self, seed: int | None = None) -> None:
+        self.expert.reset(self.env)
+
+    def act(self, obs: dict[str, Any]):
+        return self.expert.act(obs)
+
+
+def build_model_policy(spec: PolicySpec) -> Any:
+    """The policy for a checkpoint or a remote server (experts need their env: `ExpertPolicy`)."""
+    if spec.kind == "remote":
+        from dfm_vla.serve.client import RemotePolicy
+
+        host, _, port = spec.path.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--remote {spec.path!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
+        return RemotePolicy(host, int(port))
+    if spec.kind == "checkpoint":
+        from dfm_vla.agents.dfm_policy import DFMPolicy
+
+        kwargs: dict[str, Any] = {"device": spec.device, "seed": spec.seed}
+        if spec.decoder:
+            kwargs["decoder"] = spec.decoder
+        if spec.steps:
+            kwargs["steps"] = spec.steps
+        return DFMPolicy.from_pretrained(spec.path, **kwargs)
+    raise ValueError(f"policy kind {spec.kind!r} is built with its env (ExpertPolicy)")
