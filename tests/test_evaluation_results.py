@@ -1,0 +1,90 @@
+"""Results files resume safely, summaries carry honest intervals, the dashboard works without a terminal."""
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from dfm_vla.evaluation.dashboard import Dashboard, revision_bars
+from dfm_vla.evaluation.episode import EpisodeResult, EpisodeSpec, StepEvent
+from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task, wilson_interval
+from dfm_vla.evaluation.runner import Protocol, episode_specs
+from dfm_vla.evaluation.video import video_name
+
+META = {"env": "libero_goal", "policy": "expert", "decoder": None, "steps": None, "seed": 0}
+
+
+def _episode(task, init, success, length=100):
+    spec = EpisodeSpec(task, init, seed=init)
+    reason = None if success else "step limit"
+    return EpisodeResult(spec, f"do task {task}", success, length, reason, 1.0)
+
+
+def test_results_are_saved_after_each_episode_and_resume(tmp_path):
+    results = ResultsFile(tmp_path, META)
+    results.add(_episode(0, 0, True).to_json())
+    results.add(_episode(0, 1, False).to_json())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [e["success"] for e in saved["episodes"]] == [True, False]
+    assert saved["summary"]["per_task"]["0"]["failure_reasons"] == {"step limit": 1}
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        ResultsFile(tmp_path, META)
+    resumed = ResultsFile(tmp_path, META, resume=True)
+    assert resumed.done_keys == {"task0/init0/seed0", "task0/init1/seed1"}
+    with pytest.raises(ValueError, match="meta\\['policy'\\]"):
+        ResultsFile(tmp_path, {**META, "policy": "checkpoint:/x"}, resume=True)
+
+
+def test_summary_reports_mean_over_tasks_and_wilson_intervals(tmp_path):
+    results = ResultsFile(tmp_path, META)
+    for i in range(4):
+        results.add(_episode(0, i, True).to_json())
+        results.add(_episode(1, i, i == 0).to_json())
+    overall = results.summary()["overall"]
+    assert overall["successes"] == 5 and overall["episodes"] == 8
+    assert overall["mean_task_success_rate"] == pytest.approx((1.0 + 0.25) / 2)
+    lo, hi = overall["wilson95"]
+    assert lo < 5 / 8 < hi
+    plot_success_by_task(results.summary(), tmp_path / "chart.png", "test")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_wilson_interval_matches_known_values():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+    assert wilson_interval(10, 10)[1] == 1.0
+
+
+def test_episode_specs_follow_the_protocol_and_refuse_bad_tasks():
+    specs = episode_specs(Protocol(num_tasks=10, num_init_states=50), [3, 7], 2, seed=0)
+    assert [(s.task_id, s.init_state_id) for s in specs] == [(3, 0), (3, 1), (7, 0), (7, 1)]
+    assert len({s.seed for s in specs}) == 4
+    random_inits = episode_specs(Protocol(num_tasks=1, num_init_states=None), None, 3, seed=1)
+    assert [s.init_state_id for s in random_inits] == [None] * 3
+    with pytest.raises(ValueError, match="task 10 out of range"):
+        episode_specs(Protocol(10, 50), [10], 1, 0)
+    with pytest.raises(ValueError, match="50 official initial states"):
+        episode_specs(Protocol(10, 50), None, 51, 0)
+
+
+def test_dashboard_falls_back_to_plain_lines_without_a_terminal():
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=False, width=120)
+    with Dashboard("rollout libero_goal", 2, console=console) as dash:
+        dash.on_step(StepEvent(EpisodeSpec(0, 0, 0), 10, 300, 42.0, 80.0, [30, 12, 5, 1, 0]))
+        dash.on_episode(_episode(0, 0, True))
+        dash.on_episode(_episode(0, 1, False))
+    text = buffer.getvalue()
+    assert "[1/2] task 0 init 0: success in 100 steps" in text
+    assert "[2/2] task 0 init 1: failure (step limit)" in text
+    assert "\x1b[" not in text  # no terminal control codes
+
+
+def test_revision_bars_scale_to_the_busiest_step_and_names_say_the_outcome():
+    assert revision_bars([8, 4, 0]) == "█▄ "
+    assert revision_bars(None) == ""
+    name = video_name(3, 7, "Open the top drawer and put the bowl inside", False)
+    assert name == "task03_init07_open-the-top-drawer-and-put-the-bowl-inside_failure.mp4"
