@@ -16,10 +16,13 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=title)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     for col in columns:
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*(_fmt(row.get(col, "")) for col in columns))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a log file or pipe: do not squeeze the table to 80 columns
+        console = Console(width=max(console.width, 200))
+    console.print(table)
 
 
 def report(title: str, result: dict[str, Any], json_path: str | Path | None) -> None:
