@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
     def make_specs(protocol):
         n = per_task or protocol.num_init_states or 50
         todo = [s for s in episode_specs(protocol, args.tasks, n, args.seed) if s.key not in done]
-        dashboard.total = len(todo) + len(done)
+        dashboard.set_total(len(todo) + len(done))
         return todo
 
     dashboard = Dashboard(

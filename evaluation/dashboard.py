@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dfm_vla.evaluation.episode import EpisodeResult, StepEvent
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+
+from dfm_vla.evaluation.episode import EpisodeResult, StepEvent
 
 BARS = " ▁▂▃▄▅▆▇█"
 
@@ -47,9 +48,14 @@ class Dashboard:
         if self.live_mode:
             self._live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
-        else:
-            self.console.print(f"{self.title}: {self.total} episodes")
         return self
+
+    def set_total(self, total: int) -> None:
+        """Episodes in the run (finished ones from a resumed run included), once the protocol is known."""
+        self.total = total
+        if not self.live_mode:
+            self.console.print(f"{self.title}: {total} episodes", highlight=False)
+        self._refresh()
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:

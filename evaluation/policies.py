@@ -63,7 +63,7 @@ class ExpertPolicy:
         if env_name not in EXPERTS:
             raise ValueError(f"no scripted expert for env {env_name!r}; experts exist for {sorted(EXPERTS)}")
         module, factory = EXPERTS[env_name].split(":")
-        self.expert = getattr(importlib.import_module(module), factory)()
+        self.expert = getattr(importlib.import_module(module), factory)(env_name)
         self.env = env
 
     def reset(self, seed: int | None = None) -> None:

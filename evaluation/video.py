@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from dfm_vla.utils.io import atomic_path
 
 
