@@ -1,0 +1,409 @@
+"""DFMPolicy: ``action = agent.act(obs)`` over a policy checkpoint, decoding action chunks by DFM, DD or AR.
+
+::
+
+    agent = DFMPolicy.from_pretrained("checkpoints/tiny-libero-goal", decoder="dfm", seed=0)
+    agent.reset()
+    while not done:
+        action = agent.act(obs)          # (action_dim,) float32, in the env's units
+        obs, reward, done, info = env.step(action)
+
+``act`` serves the current action chunk and re-plans (one prefix encoding + the decoder's refinement calls)
+when ``execute_horizon`` actions of it were used. ``act_batch(list_of_obs)`` does the same for B envs at
+once, planning every env that needs it in one batched pass. Randomness is per env: env i draws from a
+generator seeded with ``seed + i``, so ``DFMPolicy(seed=s).act_batch(obs_list)[i]`` equals
+``DFMPolicy(seed=s + i).act(obs_list[i])`` step for step, and a rollout repeats exactly.
+
+What the last plan did is in :attr:`DFMPolicy.last_plan` (:class:`PlanInfo`): tokens changed at each
+refinement step, decode validity, milliseconds in the prefix and in refinement, model calls.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+DECODERS = ("dfm", "dd", "ar")
+_OBJECTIVE_DECODERS = {"dfm": ("dfm",), "dfm_head": ("dfm",), "dd": ("dd",), "ar": ("ar",)}
+
+
+@dataclass
+class PlanInfo:
+    """What one planning call did (one entry per planned env, in ``env_indices`` order).
+
+    changed_per_step: (B, T) tokens changed by each model call of the decoder (the refinement at work).
+    valid: (B,) bool, the chunk's tokens decoded cleanly. tokens: (B, L) the decoded token ids.
+    prefix_ms / refine_ms / decode_ms: wall time in the prefix encoding, the decoder's calls, and
+    detokenisation. model_calls: decoder calls (16 for DFM 14 + 2); prefix_calls: prefix encodings.
+    """
+
+    decoder: str
+    env_indices: list[int]
+    changed_per_step: np.ndarray
+    valid: np.ndarray
+    tokens: np.ndarray
+    prefix_ms: float
+    refine_ms: float
+    decode_ms: float
+    model_calls: int
+    prefix_calls: int
+
+    @property
+    def total_ms(self) -> float:
+        return self.prefix_ms + self.refine_ms + self.decode_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decoder": self.decoder,
+            "env_indices": list(self.env_indices),
+            "changed_per_step": self.changed_per_step.tolist(),
+            "valid": self.valid.tolist(),
+            "prefix_ms": self.prefix_ms,
+            "refine_ms": self.refine_ms,
+            "decode_ms": self.decode_ms,
+            "model_calls": self.model_calls,
+            "prefix_calls": self.prefix_calls,
+        }
+
+
+class DFMPolicy:
+    """An agent over a loaded :class:`~dfm_vla.policy.checkpoint.PolicyBundle`; see the module docstring.
+
+    decoder: "dfm" | "dd" | "ar" (default: the one the checkpoint was trained for; a decoder the training
+    objective does not support raises). steps: (T_fine, T_val) for DFM; DD runs T_fine + T_val steps.
+    cache: "auto" (exact prefix cache for prefix-LM models, adaptive for bidirectional ones), "prefix",
+    "adaptive" or "none". execute_horizon: actions of each chunk used before re-planning (default: config).
+    """
+
+    def __init__(
+        self,
+        bundle: Any,
+        decoder: str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        steps: tuple[int, int] = (14, 2),
+        execute_horizon: int | None = None,
+        cache: str = "auto",
+    ):
+        self.bundle = bundle
+        self.model = bundle.model
+        self.config = self.model.config
+        self.action_tokenizer = bundle.action_tokenizer
+        self.processor = bundle.processor
+        supported = _OBJECTIVE_DECODERS[self.config.objective]
+        decoder = decoder or supported[0]
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder: expected one of {DECODERS}, got {decoder!r}")
+        if decoder not in supported:
+            raise ValueError(
+                f"decoder {decoder!r}: this checkpoint was trained with objective {self.config.objective!r}, "
+                f"which supports decoder(s) {supported}; load a checkpoint trained for {decoder!r}"
+            )
+        self.decoder = decoder
+        if len(steps) != 2 or min(steps) < 0 or steps[0] + steps[1] < 1:
+            raise ValueError(f"steps: expected (T_fine, T_val) with non-negative ints, got {steps}")
+        self.steps = (int(steps[0]), int(steps[1]))
+        if cache == "auto":
+            cache = "adaptive" if self.config.attention == "bidirectional" else "prefix"
+        if cache not in ("prefix", "adaptive", "none"):
+            raise ValueError(f"cache: expected 'auto', 'prefix', 'adaptive' or 'none', got {cache!r}")
+        self.cache = cache
+        horizon = self.action_tokenizer.horizon
+        self.execute_horizon = int(execute_horizon or min(self.config.execute_horizon or horizon, horizon))
+        if not 1 <= self.execute_horizon <= horizon:
+            raise ValueError(
+                f"execute_horizon: expected 1..{horizon} (the chunk length), got {self.execute_horizon}"
+            )
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        from dfm_vla.policy.probability_path import slot_token_ids
+
+        self._allowed = torch.zeros(self.action_tokenizer.vocab_size, dtype=torch.bool, device=self.device)
+        self._allowed[torch.as_tensor(slot_token_ids(self.action_tokenizer), dtype=torch.long)] = True
+        self._path = (
+            self.model.metric_path(self.action_tokenizer).to(self.device) if decoder == "dfm" else None
+        )
+        self._queues: list[deque] = []
+        self._generators: list[torch.Generator] = []
+        self.last_plan: PlanInfo | None = None
+        self.num_plans = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        decoder: str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        steps: tuple[int, int] = (14, 2),
+        dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> DFMPolicy:
+        """Load a checkpoint folder written by ``save_pretrained`` (see :mod:`dfm_vla.policy.checkpoint`)."""
+        from dfm_vla.policy.checkpoint import load_pretrained
+
+        bundle = load_pretrained(directory, device=device, dtype=dtype)
+        return cls(bundle, decoder=decoder, device=device, seed=seed, steps=steps, **kwargs)
+
+    # ---- episode state ---------------------------------------------------------------------------------
+    @property
+    def action_dim(self) -> int:
+        return self.action_tokenizer.action_dim
+
+    @property
+    def uses_images(self) -> bool:
+        """True when the model reads ``obs["images"]`` (a rollout then renders them before each plan)."""
+        return bool(self.config.image_views)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start new episodes: drop queued actions; with ``seed``, re-seed (env i gets ``seed + i``)."""
+        self._queues = [deque() for _ in self._queues]
+        if seed is not None:
+            self.seed = int(seed)
+            self._generators = []
+
+    def seed_env(self, env_index: int, seed: int) -> None:
+        """Re-seed env ``env_index``'s generator alone and drop its queued actions (e.g. per episode; the
+        policy server gives each remote client's envs their own indices and seeds them as an in-process
+        policy seeds envs 0, 1, ...)."""
+        env_index = int(env_index)
+        self._ensure_envs(env_index + 1)
+        self._generators[env_index].manual_seed(int(seed))
+        self._queues[env_index] = deque()
+
+    @property
+    def needs_plan(self) -> bool:
+        """True when the next :meth:`act` will plan a new chunk (so a rollout renders images only then)."""
+        return self._needs_plan(0)
+
+    def needs_plan_batch(self, num_envs: int) -> list[bool]:
+        """Per env, whether the next :meth:`act_batch` over ``num_envs`` envs plans for it."""
+        return [self._needs_plan(i) for i in range(num_envs)]
+
+    def _needs_plan(self, i: int) -> bool:
+        return i >= len(self._queues) or not self._queues[i]
+
+    def _ensure_envs(self, n: int) -> None:
+        while len(self._queues) < n:
+            self._queues.append(deque())
+        while len(self._generators) < n:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(self.seed + len(self._generators))
+            self._generators.append(g)
+
+    # ---- acting ------------------------------------------------------------------------------------------
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The next action (action_dim,) float32 for one env (env 0 of :meth:`act_batch`)."""
+        if not isinstance(obs, Mapping):
+            raise ValueError(
+                f"obs: expected a dict with 'language', 'images', state keys; got {type(obs).__name__}"
+            )
+        return self.act_batch([obs])[0]
+
+    def act_batch(self, observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The next action of each of B envs: (B, action_dim) float32; envs whose chunk ran out re-plan
+        together in one batched pass. Only the observations of planning envs are read."""
+        if isinstance(observations, Mapping) or len(observations) == 0:
+            raise ValueError("observations: expected a non-empty list of obs dicts (use act(obs) for one)")
+        num_envs = len(observations)
+        self._ensure_envs(num_envs)
+        planning = [i for i in range(num_envs) if not self._queues[i]]
+        if planning:
+            self._plan(planning, [observations[i] for i in planning])
+        return np.stack([self._queues[i].popleft() for i in range(num_envs)])
+
+    @torch.no_grad()
+    def plan(
+        self, observations: Sequence[Mapping[str, Any]], env_indices: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Decode one chunk per observation without touching the queues: (B, H, action_dim) float32."""
+        env_indices = list(env_indices) if env_indices is not None else list(range(len(observations)))
+        self._ensure_envs(max(env_indices) + 1)
+        return self._decode_chunks(env_indices, observations)
+
+    def _plan(self, env_indices: list[int], observations: list[Mapping[str, Any]]) -> None:
+        chunks = self._decode_chunks(env_indices, observations)
+        for i, chunk in zip(env_indices, chunks, strict=True):
+            self._queues[i] = deque(chunk[: self.execute_horizon])
+
+    @torch.no_grad()
+    def _decode_chunks(self, env_indices: list[int], observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        from dfm_vla.policy.samplers import ar_sample, dd_sample, dfm_sample
+
+        model = self.model
+        batch = len(env_indices)
+        num_slots = self.action_tokenizer.num_slots
+        generators = [self._generators[i] for i in env_indices]
+        prefix = self.processor(list(observations)).to(self.device)
+
+        start = time.perf_counter()
+        if self.decoder == "ar":
+            state = model.prefill(prefix)
+        elif self.cache == "none":
+            state = model._embed_only_state(prefix)
+        else:
+            state = model.prefill(prefix)
+        _sync(self.device)
+        prefix_ms = 1e3 * (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        if self.decoder == "ar":
+            stepper = model.ar_stepper(state)
+            result = ar_sample(
+                stepper,
+                batch,
+                num_slots,
+                boa_id=self.action_tokenizer.boa_id,
+                allowed=self._allowed,
+                device=self.device,
+            )
+            model_calls = stepper.num_calls
+        else:
+            denoiser = model.make_denoiser(state, cache=self.cache)
+            if self.decoder == "dd":
+                result = dd_sample(
+                    denoiser,
+                    self.action_tokenizer.mask_id,
+                    batch,
+                    num_slots,
+                    steps=sum(self.steps),
+                    allowed=self._allowed,
+                    device=self.device,
+                )
+            else:
+                result = self._dfm(denoiser, batch, num_slots, generators, dfm_sample)
+            model_calls = denoiser.num_calls
+        _sync(self.device)
+        refine_ms = 1e3 * (time.perf_counter() - start)
+
+        start = time.perf_counter()
+        tokens = result.tokens.cpu().numpy()
+        decoded = self.action_tokenizer.decode(tokens)
+        decode_ms = 1e3 * (time.perf_counter() - start)
+        self.num_plans += 1
+        self.last_plan = PlanInfo(
+            decoder=self.decoder,
+            env_indices=list(env_indices),
+            changed_per_step=result.changed_per_step.cpu().numpy(),
+            valid=np.asarray(decoded.valid, dtype=bool).reshape(batch),
+            tokens=tokens,
+            prefix_ms=prefix_ms,
+            refine_ms=refine_ms,
+            decode_ms=decode_ms,
+            model_calls=int(model_calls),
+            prefix_calls=int(state.prefix_calls),
+        )
+        return np.asarray(decoded.actions, dtype=np.float32).reshape(batch, self.action_tokenizer.horizon, -1)
+
+    def _dfm(
+        self, denoiser: Any, batch: int, num_slots: int, generators: list[torch.Generator], dfm_sample
+    ) -> Any:
+        """DFM with one generator per env: a batch of one runs directly; several run in lock step (one
+        thread per env drives its own sampler, every model call is batched across them)."""
+        fine, val = self.steps
+        use_head = self.config.rate_head
+
+        def sample(den: Callable, rate: Callable | None, gen: torch.Generator, b: int) -> Any:
+            return dfm_sample(
+                den,
+                self._path,
+                b,
+                num_slots,
+                steps_fine=fine,
+                steps_val=val,
+                generator=gen,
+                rate_fn=rate,
+                device=self.device,
+            )
+
+        if batch == 1:
+            return sample(denoiser, denoiser.rate_fn if use_head else None, generators[0], 1)
+        lockstep = _Lockstep({"logits": denoiser, "rates": denoiser.rate_fn}, batch)
+        results = lockstep.run(
+            lambda i: sample(
+                lockstep.fn("logits", i), lockstep.fn("rates", i) if use_head else None, generators[i], 1
+            )
+        )
+        from dfm_vla.policy.samplers import SampleResult
+
+        return SampleResult(
+            tokens=torch.cat([r.tokens for r in results]),
+            changed_per_step=torch.cat([r.changed_per_step for r in results]),
+            num_model_calls=results[0].num_model_calls,
+            times=results[0].times,
+        )
+
+
+class _Lockstep:
+    """Runs n single-row samplers in n threads; each model call waits for all n and runs once, batched."""
+
+    def __init__(self, batched: dict[str, Callable], n: int):
+        self.batched, self.n = batched, n
+        self.inputs: list[Any] = [None] * n
+        self.output: Any = None
+        self.error: BaseException | None = None
+        self.barrier = threading.Barrier(n, action=self._run_batched)
+
+    def fn(self, kind: str, i: int) -> Callable:
+        def call(x: torch.Tensor, t: torch.Tensor) -> Any:
+            self.inputs[i] = (kind, x, t)
+            self.barrier.wait()
+            return _row(self.output, i)
+
+        return call
+
+    def _run_batched(self) -> None:
+        kinds = {inp[0] for inp in self.inputs}
+        if len(kinds) != 1:
+            raise RuntimeError(f"lock-step samplers diverged: calls of kinds {sorted(kinds)} in one step")
+        x = torch.cat([inp[1] for inp in self.inputs])
+        t = torch.cat([torch.as_tensor(inp[2]).reshape(-1) for inp in self.inputs])
+        self.output = self.batched[kinds.pop()](x, t)
+
+    def run(self, target: Callable[[int], Any]) -> list[Any]:
+        results: list[Any] = [None] * self.n
+
+        def work(i: int) -> None:
+            try:
+                results[i] = target(i)
+            except threading.BrokenBarrierError:
+                pass
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
+                self.error = self.error or err
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(self.n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if self.error is not None:
+            raise self.error
+        if any(r is None for r in results):
+            raise RuntimeError("lock-step sampling failed: a model call raised inside the batched step")
+        return results
+
+
+def _row(output: Any, i: int) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output[i : i + 1]
+    from dfm_vla.policy.rate_head import RateHeadOutput
+
+    if isinstance(output, RateHeadOutput):
+        return RateHeadOutput(
+            log_rate=output.log_rate[i : i + 1], replacement_logits=output.replacement_logits[i : i + 1]
+        )
+    raise TypeError(f"unexpected model output type {type(output).__name__}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
