@@ -1,0 +1,10 @@
+"""Serving a policy over the network, and `doctor`, which explains a broken set-up.
+
+- ``dfm_vla.serve.client``: ``RemotePolicy(host, port)``, a drop-in for ``DFMPolicy`` that needs only
+  numpy, msgpack and websockets (no torch), for a robot or simulator in another Python environment.
+- ``dfm_vla.serve.server``: ``python cli.py serve --policy DIR``, WebSocket + msgpack, batched planning.
+- ``dfm_vla.serve.msgpack_numpy``: the wire codec for numpy arrays.
+- ``dfm_vla.serve.doctor``: ``python cli.py doctor``.
+
+This ``__init__`` imports nothing, so ``import dfm_vla.serve.client`` stays torch-free.
+"""

@@ -1,0 +1,614 @@
+"""``python cli.py serve --policy DIR --port 8000``: a policy over WebSocket for remote simulators and robots.
+
+One asyncio event loop talks to every client; one worker thread runs the model. Requests that need a
+new chunk are put on a queue; the batcher takes the first, waits up to ``batch_window_ms`` for others
+(only while more clients are connected than are already in the batch), and plans them together in one
+model call (``DFMPolicy.plan``, which plans a batch with one generator per env). So throughput grows
+with the number of clients instead of queueing them one by one.
+
+Per-client state lives here, not in the policy: each connection has its own chunk queue per env slot,
+its episode counter and its step count; the policy's own queues are never used. Each slot also owns one
+of the policy's per-env random generators (an env index from a pool), seeded with ``seed + slot`` as an
+in-process ``DFMPolicy(seed=seed)`` seeds its envs 0, 1, ...: a client sees exactly the actions an
+in-process policy would give it, whoever else is connected and however the batches fall.
+
+Bad input never kills the server: a malformed frame, a missing or misshaped observation key, NaNs, an
+unknown request type each get ``{"type": "error", "kind": "bad_request", "error": "..."}`` naming the
+problem, and the connection stays usable; a client that disconnects mid-request is dropped from its
+batch (or its reply discarded); every other client goes on. An observation that fails inside a batch
+is re-planned alone, so one bad request cannot fail its neighbours.
+
+Endpoints: ``ws://HOST:PORT/`` (the protocol, see :mod:`dfm_vla.serve.client`) and
+``http://HOST:PORT/healthz`` (JSON: status, uptime, clients, requests; never touches the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfm_vla.serve.client import PROTOCOL_VERSION
+from dfm_vla.serve.msgpack_numpy import FrameError, packb, unpackb
+
+log = logging.getLogger("dfm_vla.serve")
+
+
+@dataclass
+class ServerConfig:
+    """How the server listens and batches."""
+
+    host: str = "127.0.0.1"  # "0.0.0.0" to accept other machines
+    port: int = 8000  # 0: any free port (tests)
+    batch_window_ms: float = 5.0  # after the first request, wait this long for others to join its batch
+    max_batch: int = 16  # 1 turns batching off
+    max_frame_bytes: int = 64 * 2**20
+    checkpoint_id: str = ""
+
+
+class BadRequest(ValueError):
+    """A request the server refuses (the client's fault); the message goes back to the client."""
+
+
+@dataclass
+class _Slot:
+    """One environment of one client: its queue of planned actions, each (action_dim,), and the policy
+    env index whose random generator it draws from."""
+
+    env_index: int
+    queue: deque = field(default_factory=deque)
+    steps: int = 0
+
+
+@dataclass
+class _Client:
+    id: int
+    address: str
+    seed: int
+    slots: dict[int, _Slot] = field(default_factory=dict)
+    episode: int = 0
+    requests: int = 0
+
+
+@dataclass
+class _PlanRequest:
+    obs: dict[str, Any]
+    env_index: int
+    future: asyncio.Future
+    client: _Client
+    enqueued: float
+
+
+def checkpoint_id(policy_dir: str | Path) -> str:
+    """A short id of a checkpoint folder: its name and a hash of its config and its weight files' sizes
+    and first MiB (cheap at any scale, changes when the weights do)."""
+    root = Path(policy_dir)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")):
+        digest.update(path.name.encode())
+        digest.update(str(path.stat().st_size).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(2**20))
+    return f"{root.resolve().name}-{digest.hexdigest()[:12]}"
+
+
+def _validate_obs(obs: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """Check ``obs`` against the served observation spec; return it (arrays made writable copies)."""
+    if not isinstance(obs, dict):
+        raise BadRequest(f"obs: expected a map of observation keys, got {type(obs).__name__}")
+    out = dict(obs)
+    for key, want in spec.items():
+        if key not in obs:
+            if want.get("optional"):
+                continue
+            raise BadRequest(f"obs[{key!r}]: missing (expected keys: {sorted(spec)})")
+        value = obs[key]
+        if want["dtype"] == "str":
+            if not isinstance(value, str):
+                raise BadRequest(f"obs[{key!r}]: expected a string, got {type(value).__name__}")
+            continue
+        if want["dtype"] == "dict":
+            if not isinstance(value, dict):
+                raise BadRequest(f"obs[{key!r}]: expected a map of views, got {type(value).__name__}")
+            out[key] = _validate_obs(value, want["keys"])
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise BadRequest(f"obs[{key!r}]: expected a numeric array, got dtype {arr.dtype}")
+        shape = tuple(want["shape"])
+        if arr.ndim != len(shape) or any(
+            n is not None and n != m for n, m in zip(shape, arr.shape, strict=True)
+        ):
+            expected = str(tuple("any" if n is None else n for n in shape)).replace("'", "")
+            raise BadRequest(f"obs[{key!r}]: expected shape {expected}, got {tuple(arr.shape)}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadRequest(f"obs[{key!r}]: contains NaN or inf")
+        if want["dtype"] == "uint8" and arr.dtype != np.uint8:
+            raise BadRequest(f"obs[{key!r}]: expected dtype uint8, got {arr.dtype}")
+        out[key] = np.array(arr)  # a writable copy in the sender's dtype, as an in-process caller passes it
+    return out
+
+
+class PolicyBackend:
+    """What the server needs from a ``DFMPolicy``: its observation spec, checks, batched plans, seeds.
+
+    Every call but :meth:`serving_spec` and :meth:`check` runs in the server's single model thread.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def serving_spec(self) -> dict[str, Any]:
+        policy, cfg = self.policy, self.policy.config
+        obs: dict[str, Any] = {}
+        if cfg.use_text:
+            obs["language"] = {
+                "dtype": "str",
+                "max_tokens": cfg.max_text_tokens,
+                "example": "pick up the bowl",
+            }
+        if cfg.image_views:
+            view = {"dtype": "uint8", "shape": [None, None, 3], "size_hint": cfg.image_size}
+            obs["images"] = {"dtype": "dict", "keys": {v: dict(view) for v in cfg.image_views}}
+        if cfg.state_dim:
+            keys = list(cfg.state_keys)
+            for key in keys:  # one key: its length is known; several: only their total is
+                obs[key] = {"dtype": "float", "shape": [cfg.state_dim] if len(keys) == 1 else [None]}
+        return {
+            "action_dim": policy.action_dim,
+            "chunk_length": policy.action_tokenizer.horizon,
+            "execute_horizon": policy.execute_horizon,
+            "decoder": policy.decoder,
+            "observation": obs,
+            "seed": policy.seed,
+        }
+
+    def check(self, obs: dict[str, Any]) -> None:
+        """Raise ValueError naming the first bad key (the in-process policy's own message)."""
+        self.policy.processor.check(obs)
+
+    def seed_env(self, env_index: int, seed: int) -> None:
+        self.policy.seed_env(env_index, seed)
+
+    def plan(self, obs_list: list[dict[str, Any]], env_indices: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """(B, chunk_length, action_dim) float32 chunks and, per row, the plan's report."""
+        chunks = self.policy.plan(obs_list, env_indices)
+        info = self.policy.last_plan
+        shared = {
+            "decoder": info.decoder,
+            "prefix_ms": float(info.prefix_ms),
+            "refine_ms": float(info.refine_ms),
+            "decode_ms": float(info.decode_ms),
+            "model_calls": int(info.model_calls),
+            "prefix_calls": int(info.prefix_calls),
+        }
+        rows = [
+            {**shared, "valid": bool(info.valid[i]), "changed_per_step": np.asarray(info.changed_per_step[i])}
+            for i in range(len(obs_list))
+        ]
+        return np.asarray(chunks, dtype=np.float32), rows
+
+
+class PolicyServer:
+    """Serves one policy to many clients, batching their plans; see the module docstring.
+
+    policy: a ``DFMPolicy`` (wrapped in a :class:`PolicyBackend`) or a backend. seed: the base seed of every
+    client's envs (default: the policy's). Use :meth:`serve_forever` from asyncio, or :class:`ServerThread`.
+    """
+
+    def __init__(self, policy: Any, config: ServerConfig | None = None, seed: int | None = None) -> None:
+        self.backend = policy if isinstance(policy, PolicyBackend) else PolicyBackend(policy)
+        self.config = config or ServerConfig()
+        if self.config.max_batch < 1:
+            raise ValueError(f"max_batch: expected >= 1, got {self.config.max_batch}")
+        spec = self.backend.serving_spec()
+        self.seed = int(spec.get("seed", 0) if seed is None else seed)
+        self.obs_spec: dict[str, Any] = spec["observation"]
+        self.metadata = {
+            "type": "metadata",
+            "protocol": PROTOCOL_VERSION,
+            "action_dim": int(spec["action_dim"]),
+            "chunk_length": int(spec["chunk_length"]),
+            "execute_horizon": int(spec["execute_horizon"]),
+            "observation": self.obs_spec,
+            "decoder": spec.get("decoder", ""),
+            "checkpoint_id": self.config.checkpoint_id,
+            "seed": self.seed,
+            "batching": {"window_ms": self.config.batch_window_ms, "max_batch": self.config.max_batch},
+        }
+        self.port: int | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfm-vla-model")
+        self._clients: dict[int, _Client] = {}
+        self._client_ids = itertools.count(1)
+        self._free_env_indices: list[int] = []  # a pool, so the policy's per-env state stays bounded
+        self._next_env_index = 0
+        self._queue: asyncio.Queue[_PlanRequest] | None = None
+        self._started = time.time()
+        self.stats = {"requests": 0, "errors": 0, "batches": 0, "planned_obs": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve_forever(self, ready: threading.Event | None = None, stop: asyncio.Future | None = None):
+        """Listen until ``stop`` resolves (or forever); sets ``self.port`` once bound, then ``ready``."""
+        from websockets.asyncio.server import serve
+
+        self._queue = asyncio.Queue()
+        batcher = asyncio.create_task(self._batcher(), name="dfm-vla-batcher")
+        try:
+            async with serve(
+                self._handle,
+                self.config.host,
+                self.config.port,
+                process_request=self._process_request,
+                compression=None,  # arrays barely compress; deflate would cost more CPU than it saves
+                max_size=self.config.max_frame_bytes,
+                ping_interval=20,
+                ping_timeout=60,  # a client busy stepping its simulator may answer pings late
+            ) as server:
+                self.port = next(iter(server.sockets)).getsockname()[1]
+                host = self.config.host
+                log.info(
+                    "listening on ws://%s:%d (health: http://%s:%d/healthz)", host, self.port, host, self.port
+                )
+                if ready is not None:
+                    ready.set()
+                await (stop if stop is not None else asyncio.get_running_loop().create_future())
+        finally:
+            batcher.cancel()
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _process_request(self, connection, request):
+        """The health endpoint: answered during the HTTP handshake, without the model."""
+        if request.path.split("?")[0] != "/healthz":
+            return None
+        body = {
+            "status": "ok",
+            "uptime_s": round(time.time() - self._started, 3),
+            "clients": len(self._clients),
+            "checkpoint_id": self.config.checkpoint_id,
+            "queued": self._queue.qsize() if self._queue is not None else 0,
+            **self.stats,
+        }
+        response = connection.respond(http.HTTPStatus.OK, json.dumps(body) + "\n")
+        del response.headers["Content-Type"]
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        client = _Client(next(self._client_ids), str(ws.remote_address), seed=self.seed)
+        self._clients[client.id] = client
+        log.info("client %d connected from %s", client.id, client.address)
+        try:
+            await ws.send(packb(self.metadata))
+            async for frame in ws:
+                reply = await self._dispatch(client, frame)
+                await ws.send(packb(reply))
+        except ConnectionClosed:
+            pass  # gone mid-request: nothing to answer
+        finally:
+            del self._clients[client.id]
+            self._free_env_indices.extend(slot.env_index for slot in client.slots.values())
+            log.info("client %d left after %d requests", client.id, client.requests)
+
+    async def _dispatch(self, client: _Client, frame: Any) -> dict[str, Any]:
+        received = time.perf_counter()
+        client.requests += 1
+        self.stats["requests"] += 1
+        request_id = None
+        try:
+            if isinstance(frame, str):
+                raise BadRequest("expected a binary msgpack frame, got a text frame")
+            try:
+                msg = unpackb(frame)
+            except FrameError as exc:
+                raise BadRequest(f"malformed frame: {exc}") from exc
+            if not isinstance(msg, dict) or "type" not in msg:
+                raise BadRequest("a request must be a map with a 'type' (act, plan, reset or metadata)")
+            request_id = msg.get("id")
+            kind = msg["type"]
+            if kind == "act":
+                reply = await self._act(client, msg)
+            elif kind == "plan":
+                reply = await self._plan_one(client, msg)
+            elif kind == "reset":
+                reply = await self._reset(client, msg)
+            elif kind == "metadata":
+                reply = dict(self.metadata)
+            else:
+                raise BadRequest(f"unknown request type {kind!r}: expected act, plan, reset or metadata")
+        except BadRequest as exc:
+            self.stats["errors"] += 1
+            return {"type": "error", "kind": "bad_request", "id": request_id, "error": str(exc)}
+        except Exception as exc:  # the model failed: report it, keep serving
+            self.stats["errors"] += 1
+            log.exception("client %d: request failed", client.id)
+            return {
+                "type": "error",
+                "kind": "internal",
+                "id": request_id,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
+        reply["id"] = request_id
+        reply.setdefault("timing", {})["server_ms"] = (time.perf_counter() - received) * 1e3
+        return reply
+
+    async def _slot(self, client: _Client, i: int) -> _Slot:
+        """Env slot ``i`` of ``client``, given an env index of the policy seeded with ``client.seed + i``."""
+        if i not in client.slots:
+            index = self._free_env_indices.pop() if self._free_env_indices else self._next_env_index
+            self._next_env_index = max(self._next_env_index, index + 1)
+            client.slots[i] = _Slot(index)
+            await self._in_model_thread(self.backend.seed_env, index, client.seed + i)
+        return client.slots[i]
+
+    async def _in_model_thread(self, fn, *args):
+        """Run ``fn`` in the model thread: after any plan in flight, so it never races one."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _reset(self, client: _Client, msg: dict[str, Any]) -> dict[str, Any]:
+        """New episode: drop queued actions; with ``seed``, slot i is re-seeded with ``seed + i``."""
+        seed = msg.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise BadRequest(f"seed: expected an int, got {type(seed).__name__}")
+        for slot in client.slots.values():
+            slot.queue.clear()
+            slot.steps = 0
+        client.episode += 1
+        if seed is not None:
+            client.seed = seed
+            for i, slot in client.slots.items():
+                await self._in_model_thread(self.backend.seed_env, slot.env_index, seed + i)
+        return {"type": "reset", "episode": client.episode, "seed": client.seed}
+
+    def _obs_list(self, msg: dict[str, Any]) -> tuple[list[Any], bool]:
+        obs = msg.get("obs")
+        many = isinstance(obs, list)
+        obs_list = obs if many else [obs]
+        if not obs_list:
+            raise BadRequest("obs: expected an observation map or a non-empty list of them")
+        return obs_list, many
+
+    def _checked(self, obs: Any, where: str) -> dict[str, Any]:
+        """``obs`` checked against the spec and by the policy's own processor (its messages, key named)."""
+        try:
+            obs = _validate_obs(obs, self.obs_spec)
+            self.backend.check(obs)
+        except ValueError as exc:  # BadRequest included
+            text = str(exc)
+            raise BadRequest(
+                f"obs{where}{text[3:]}" if text.startswith("obs") else f"obs{where}: {text}"
+            ) from None
+        return obs
+
+    async def _act(self, client: _Client, msg: dict[str, Any]) -> dict[str, Any]:
+        """One action per env slot; slots whose queue ran out plan (only their observations are read)."""
+        obs_list, many = self._obs_list(msg)
+        slots = [await self._slot(client, i) for i in range(len(obs_list))]
+        to_plan = [i for i, slot in enumerate(slots) if not slot.queue]
+        checked = {i: self._checked(obs_list[i], f"[{i}]" if many else "") for i in to_plan}
+        results = await asyncio.gather(
+            *(self._submit(client, checked[i], slots[i].env_index) for i in to_plan)
+        )
+        for i, (chunk, _, _) in zip(to_plan, results, strict=True):
+            slots[i].queue.extend(chunk[: self.metadata["execute_horizon"]])
+        actions = np.stack([slot.queue.popleft() for slot in slots])
+        for slot in slots:
+            slot.steps += 1
+        reply: dict[str, Any] = {
+            "type": "actions",
+            "actions": actions,
+            "needs_plan": [not slot.queue for slot in slots],
+            "planned": [i in to_plan for i in range(len(slots))],
+            "episode": client.episode,
+            "step": slots[0].steps,
+        }
+        if to_plan:
+            _, reply["plan"], reply["timing"] = results[0]
+        return reply
+
+    async def _plan_one(self, client: _Client, msg: dict[str, Any]) -> dict[str, Any]:
+        """A whole chunk (chunk_length, action_dim) for one observation; the queues are left alone."""
+        if isinstance(msg.get("obs"), list):
+            raise BadRequest("obs: a plan request takes one observation map, not a list")
+        obs = self._checked(msg.get("obs"), "")
+        slot = await self._slot(client, 0)
+        chunk, plan, timing = await self._submit(client, obs, slot.env_index)
+        return {"type": "chunk", "chunk": chunk, "plan": plan, "timing": timing}
+
+    # ------------------------------------------------------------------ batching
+
+    def _submit(self, client: _Client, obs: dict[str, Any], env_index: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_PlanRequest(obs, env_index, future, client, time.perf_counter()))
+        return future
+
+    async def _batcher(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.config.batch_window_ms / 1e3
+            while len(batch) < self.config.max_batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                # Waiting helps only while some connected client is not in the batch yet.
+                remaining = deadline - loop.time()
+                if remaining <= 0 or len({r.client.id for r in batch}) >= len(self._clients):
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            batch = [r for r in batch if not r.future.done() and r.client.id in self._clients]
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_PlanRequest]) -> None:
+        start = time.perf_counter()
+        try:
+            chunks, rows = await self._in_model_thread(
+                self._plan, [r.obs for r in batch], [r.env_index for r in batch]
+            )
+        except Exception as exc:
+            if len(batch) > 1:  # find the culprit: plan each alone, so the others still get answers
+                for request in batch:
+                    await self._run_batch([request])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        model_ms = (time.perf_counter() - start) * 1e3
+        self.stats["batches"] += 1
+        self.stats["planned_obs"] += len(batch)
+        for request, chunk, row in zip(batch, chunks, rows, strict=True):
+            if request.future.done():
+                continue
+            timing = {
+                "queue_ms": (start - request.enqueued) * 1e3,
+                "model_ms": model_ms,
+                "prefix_ms": row.pop("prefix_ms"),
+                "refine_ms": row.pop("refine_ms"),
+                "decode_ms": row.pop("decode_ms"),
+                "batch_size": len(batch),
+            }
+            request.future.set_result((chunk, row, timing))
+
+    def _plan(self, obs_list: list[dict[str, Any]], env_indices: list[int]) -> tuple[np.ndarray, list[dict]]:
+        """In the model thread: (B, chunk_length, action_dim) float32 chunks and the per-row reports."""
+        chunks, rows = self.backend.plan(obs_list, env_indices)
+        want = (len(obs_list), self.metadata["chunk_length"], self.metadata["action_dim"])
+        if chunks.shape != want:
+            raise RuntimeError(f"the policy planned chunks of shape {chunks.shape}, expected {want}")
+        if not np.isfinite(chunks).all():
+            raise RuntimeError("the policy produced non-finite actions")
+        return chunks, rows
+
+
+class ServerThread:
+    """Run a :class:`PolicyServer` in a background thread (tests, benchmarks, notebooks)::
+
+    with ServerThread(PolicyServer(policy, ServerConfig(port=0))) as srv:
+        client = RemotePolicy("127.0.0.1", srv.port)
+    """
+
+    def __init__(self, server: PolicyServer, start_timeout_s: float = 30.0) -> None:
+        self.server = server
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dfm-vla-server", daemon=True)
+        self._start_timeout_s = start_timeout_s
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = self._loop.create_future()
+            await self.server.serve_forever(ready=self._ready, stop=self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # report start-up errors (port in use) to start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(self._start_timeout_s):
+            raise TimeoutError(f"the policy server did not start within {self._start_timeout_s} s")
+        if self._error is not None:
+            raise RuntimeError(f"the policy server failed to start: {self._error}") from self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the policy server thread did not stop within {timeout_s} s")
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------- the `serve` command
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--policy", metavar="DIR", required=True, help="checkpoint folder (save_pretrained)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for other machines"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    parser.add_argument("--decoder", choices=("dfm", "dd", "ar"), help="default: the checkpoint's own")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="client envs i draw from generators seeded seed + i"
+    )
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=5.0, help="wait this long for a batch to fill"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=16, help="largest batch of plans; 1 turns batching off"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
+
+
+def main(args) -> int:
+    import torch
+
+    from dfm_vla.agents.dfm_policy import DFMPolicy
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    policy = DFMPolicy.from_pretrained(args.policy, decoder=args.decoder, device=device, seed=args.seed)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        batch_window_ms=args.batch_window_ms,
+        max_batch=args.max_batch,
+        checkpoint_id=checkpoint_id(args.policy),
+    )
+    server = PolicyServer(policy, config, seed=args.seed)
+    meta = server.metadata
+    print(
+        f"serving {meta['checkpoint_id']} ({meta['decoder']}, action_dim {meta['action_dim']}, chunk "
+        f"{meta['chunk_length']}, execute {meta['execute_horizon']}) on {device}; observation keys "
+        f"{sorted(meta['observation'])}; batching window {args.batch_window_ms} ms, max {args.max_batch}",
+        flush=True,
+    )
+    try:
+        asyncio.run(server.serve_forever())
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    return 0
