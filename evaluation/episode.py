@@ -2,7 +2,7 @@
 
 A policy is any object with ``reset()`` and ``act(obs) -> np.ndarray (action_dim,)``. Optional:
 ``needs_plan`` (bool, True when the next ``act`` plans a new chunk: images are rendered only then)
-and ``last_plan`` (what the last plan did: ``changed_per_step``, ``ms_total`` ...), which the
+and ``last_plan`` (what the last plan did: ``changed_per_step``, ``total_ms`` ...), which the
 dashboard shows. ``DFMPolicy``, the scripted experts and ``RemotePolicy`` all fit.
 """
 
@@ -68,7 +68,7 @@ def plan_info(policy: Any) -> tuple[float | None, list[int] | None]:
     if plan is None:
         return None, None
     get = plan.get if isinstance(plan, dict) else lambda k, d=None: getattr(plan, k, d)
-    ms = get("ms_total", None)
+    ms = get("total_ms", None)
     changed = get("changed_per_step", None)
     if changed is not None:
         changed = np.asarray(changed)

@@ -210,7 +210,7 @@ class RemotePolicy:
         if "plan" in reply:  # this request planned a chunk: DFMPolicy.last_plan's fields, plus server timing
             t = self.last_timing
             total = t.get("prefix_ms", 0.0) + t.get("refine_ms", 0.0) + t.get("decode_ms", 0.0)
-            self.last_plan = {**reply["plan"], **t, "total_ms": total, "ms_total": total}
+            self.last_plan = {**reply["plan"], **t, "total_ms": total}
         return reply
 
     def close(self) -> None:
