@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
         help=f"episodes per task (default: {QUICK_EPISODES_PER_TASK} for rollout, full protocol for eval)",
     )
     parser.add_argument("--full", action="store_true", help="the full protocol (LIBERO: 50 per task)")
+    parser.add_argument(
+        "--max-steps", type=int, help="cut episodes at this many steps (quick checks; not the protocol)"
+    )
     parser.add_argument("--num-envs", type=int, default=1, help="parallel env processes (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--video", choices=VIDEO_MODES, default="none", help="save MP4s (renders every step)")
@@ -74,13 +77,24 @@ def main(args: argparse.Namespace) -> int:
         per_task = args.episodes_per_task
     else:
         per_task = QUICK_EPISODES_PER_TASK if args._interactive else None
-    cfg = RunConfig(env=args.env, policy=spec, out_dir=str(out), video=args.video, video_view=args.video_view)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise SystemExit(f"--max-steps must be >= 1, got {args.max_steps}")
+    env_kwargs = {"max_episode_steps": args.max_steps} if args.max_steps else {}
+    cfg = RunConfig(
+        env=args.env,
+        policy=spec,
+        out_dir=str(out),
+        video=args.video,
+        video_view=args.video_view,
+        env_kwargs=env_kwargs,
+    )
     meta = {
         "env": args.env,
         "policy": spec.describe(),
         "decoder": args.decoder,
         "steps": list(args.steps) if args.steps else None,
         "seed": args.seed,
+        "max_steps": args.max_steps,
         "episodes_per_task": per_task or "full",
         "tasks": args.tasks,
         "code_version": code_version(),

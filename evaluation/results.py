@@ -19,7 +19,7 @@ from typing import Any
 from dfm_vla.utils.io import atomic_path, atomic_write_json
 
 # Meta fields that must match for --resume to continue a run (anything else may differ).
-RESUME_FIELDS = ("env", "policy", "decoder", "steps", "seed")
+RESUME_FIELDS = ("env", "policy", "decoder", "steps", "seed", "max_steps")
 
 
 class ResultsFile:

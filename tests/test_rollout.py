@@ -1,0 +1,94 @@
+"""`cli.py eval` / `cli.py rollout` end to end on real LIBERO-Goal with a tiny (untrained) DFM policy.
+
+Checks the results JSON, the success chart, resuming an interrupted run without recomputing finished
+episodes, and that the rollout dashboard falls back to plain lines when output is not a terminal.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dfm_vla.policy.action_tokenizer import BinActionTokenizer, BinTokenizerConfig
+from dfm_vla.policy.config import get_config
+from dfm_vla.policy.model import build_model
+from dfm_vla.policy.processor import state_statistics
+from dfm_vla.policy.text_tokenizer import tiny_text_tokenizer
+
+pytest.importorskip("libero")
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """A state-only tiny DFM policy for LIBERO's 7-d actions and 8-d state (random weights)."""
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(-1, 1, size=(200, 8, 7))
+    chunks[..., 6] = np.sign(chunks[..., 6])
+    act_tok = BinActionTokenizer(BinTokenizerConfig(num_bins=16, gripper_dims=(6,))).fit(chunks)
+    cfg = get_config(
+        "tiny",
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        state_keys=("state",),
+        execute_horizon=8,
+    )
+    torch.manual_seed(0)
+    text_tok = tiny_text_tokenizer()
+    model = build_model(cfg, act_tok, text_tok, state_dim=8)
+    directory = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(directory, act_tok, text_tok, {"state": state_statistics(rng.normal(size=(50, 8)))})
+    return directory
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "cli.py", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_eval_writes_results_and_rollout_resumes_without_recomputing(tiny_policy, tmp_path, repo_root):
+    out = tmp_path / "run"
+    common = [
+        "--env",
+        "libero_goal",
+        "--policy",
+        tiny_policy,
+        "--tasks",
+        "7",
+        "--episodes-per-task",
+        "2",
+        "--max-steps",
+        "24",
+        "--out",
+        out,
+    ]
+    first = _cli("eval", *common, cwd=repo_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[1/2] task 7 init 0: failure (step limit) in 24 steps" in first.stdout
+    results = json.loads((out / "results.json").read_text())
+    episodes = results["episodes"]
+    assert [(e["spec"]["task_id"], e["spec"]["init_state_id"]) for e in episodes] == [(7, 0), (7, 1)]
+    assert all(e["length"] == 24 and e["plans"] == 3 and e["policy_ms_per_plan"] > 0 for e in episodes)
+    assert results["summary"]["per_task"]["7"]["instruction"] == "turn on the stove"
+    assert results["meta"]["max_steps"] == 24 and results["meta"]["policy"].startswith("checkpoint:")
+    assert (out / "success_by_task.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = _cli("eval", *common, cwd=repo_root)
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+    # Interrupt after the first episode: drop the second from the file, then resume with `rollout`.
+    results["episodes"] = episodes[:1]
+    (out / "results.json").write_text(json.dumps(results))
+    resumed = _cli("rollout", *common, "--resume", cwd=repo_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[2/2] task 7 init 1" in resumed.stdout and "[1/2]" not in resumed.stdout
+    assert "\x1b[" not in resumed.stdout  # no terminal: plain lines, no live view
+    final = json.loads((out / "results.json").read_text())["episodes"]
+    assert final[0] == episodes[0]  # the finished episode was kept, not recomputed
+    assert final[1]["spec"] == episodes[1]["spec"]
