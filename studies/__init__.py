@@ -1,0 +1,1 @@
+"""Comparative studies (`python cli.py study ...`): data scale, decoding ablations, DFM variants."""
