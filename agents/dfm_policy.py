@@ -92,6 +92,7 @@ class DFMPolicy:
         steps: tuple[int, int] = (14, 2),
         execute_horizon: int | None = None,
         cache: str = "auto",
+        schedule: tuple[float, float] | None = None,
     ):
         self.bundle = bundle
         self.model = bundle.model
@@ -128,9 +129,9 @@ class DFMPolicy:
 
         self._allowed = torch.zeros(self.action_tokenizer.vocab_size, dtype=torch.bool, device=self.device)
         self._allowed[torch.as_tensor(slot_token_ids(self.action_tokenizer), dtype=torch.long)] = True
-        self._path = (
-            self.model.metric_path(self.action_tokenizer).to(self.device) if decoder == "dfm" else None
-        )
+        self._path = None
+        if decoder == "dfm":
+            self.set_schedule(*(schedule or (None, None)))
         self._queues: list[deque] = []
         self._generators: list[torch.Generator] = []
         self.last_plan: PlanInfo | None = None
@@ -152,6 +153,24 @@ class DFMPolicy:
 
         bundle = load_pretrained(directory, device=device, dtype=dtype)
         return cls(bundle, decoder=decoder, device=device, seed=seed, steps=steps, **kwargs)
+
+    def set_schedule(self, c: float | None = None, alpha: float | None = None) -> None:
+        """Rebuild the DFM path with beta_t = c (t/(1-t))^alpha; None keeps the checkpoint's value.
+
+        The path is measured as the checkpoint was trained (``extra["metric_path"]``: distance, metric,
+        normalisation, c, alpha); only the schedule changes here (for decoding ablations).
+        """
+        if self.decoder != "dfm":
+            raise ValueError(
+                f"set_schedule: only the dfm decoder has a schedule (this policy: {self.decoder!r})"
+            )
+        settings = dict(self.bundle.extra.get("metric_path", {}))
+        for name, value in (("c", c), ("alpha", alpha)):
+            if value is not None:
+                if not value > 0:
+                    raise ValueError(f"schedule {name}: expected a positive number, got {value!r}")
+                settings[name] = float(value)
+        self._path = self.model.metric_path(self.action_tokenizer, settings).to(self.device)
 
     # ---- episode state ---------------------------------------------------------------------------------
     @property

@@ -24,6 +24,7 @@ class PolicySpec:
     path: str | None = None  # checkpoint folder, or "HOST:PORT" for remote
     decoder: str | None = None  # dfm | dd | ar; None keeps the checkpoint's own
     steps: tuple[int, int] | None = None  # (T_fine, T_val) for DFM
+    schedule: tuple[float, float] | None = None  # DFM (c, alpha) of beta_t; None keeps the checkpoint's
     seed: int = 0
     device: str = "cpu"
 
@@ -90,5 +91,7 @@ def build_model_policy(spec: PolicySpec) -> Any:
             kwargs["decoder"] = spec.decoder
         if spec.steps:
             kwargs["steps"] = spec.steps
+        if spec.schedule:
+            kwargs["schedule"] = spec.schedule
         return DFMPolicy.from_pretrained(spec.path, **kwargs)
     raise ValueError(f"policy kind {spec.kind!r} is built with its env (ExpertPolicy)")

@@ -168,11 +168,28 @@ class DFMVLA(nn.Module):
 
         return load_pretrained(directory, device=device, dtype=dtype).model
 
-    def metric_path(self, action_tokenizer: Any, **kwargs: Any) -> Any:
-        """The DFM metric path measured on this model's action-token embeddings (see probability_path)."""
+    def metric_path(self, action_tokenizer: Any, settings: dict[str, Any] | None = None) -> Any:
+        """The DFM metric path over this model's action tokens (see :mod:`probability_path`).
+
+        settings: how the path is measured, as training saves it in a checkpoint's
+        ``extra["metric_path"]``: ``distance`` ("embedding": this model's action-token embeddings;
+        "value": the tokenizer's value-space distances), ``metric``, ``normalize``, ``c``, ``alpha``.
+        Missing keys take MetricPath's defaults.
+        """
         from dfm_vla.policy.probability_path import MetricPath
 
-        weights = self.action_embed.weight.detach().float().cpu()
+        kwargs = dict(settings or {})
+        distance = kwargs.pop("distance", "embedding")
+        if distance not in ("embedding", "value"):
+            raise ValueError(
+                f"metric_path settings['distance']: expected 'embedding' or 'value', got {distance!r}"
+            )
+        weights = None
+        if distance == "embedding":
+            weights = self.action_embed.weight
+            if hasattr(weights, "full_tensor"):  # FSDP2 DTensor: gather the full table (a collective)
+                weights = weights.full_tensor()
+            weights = weights.detach().float().cpu()
         return MetricPath.from_tokenizer(action_tokenizer, weights, **kwargs)
 
     # ---- embeddings ------------------------------------------------------------------------------------

@@ -304,40 +304,8 @@ def _policy_spec(cell: Cell, policy_dir: str):
         steps=tuple(ev.steps) if ev.steps else None,
         seed=ev.seed,
         device=ev.device,
+        schedule=tuple(ev.schedule) if ev.schedule else None,
     )
-
-
-def set_schedule(policy: Any, c: float, alpha: float) -> None:
-    """Decode with beta_t = c (t / (1 - t))^alpha from now on (the DFM decoder's metric path).
-
-    Uses ``policy.set_schedule(c, alpha)`` where the agent offers it; until then it rebuilds the agent's
-    metric path with the same distances and the new schedule (DFMPolicy keeps it in ``_path``).
-    """
-    if hasattr(policy, "set_schedule"):
-        policy.set_schedule(c, alpha)
-        return
-    path = getattr(policy, "_path", None)
-    if path is None:
-        raise ValueError(
-            f"schedule: the {getattr(policy, 'decoder', '?')!r} decoder has no probability path; "
-            "only the dfm decoder takes (c, alpha)"
-        )
-    from dfm_vla.policy.probability_path import MetricPath
-
-    policy._path = MetricPath(path.distance, path.allowed, c=float(c), alpha=float(alpha))
-
-
-def _run_with_schedule(cfg, make_specs, schedule: tuple[float, float]):
-    """``run_in_process`` with the agent's schedule changed after loading (PolicySpec has no schedule)."""
-    from dfm_vla.evaluation.runner import run_one, setup
-
-    env, policy, protocol = setup(cfg)
-    try:
-        set_schedule(policy, *schedule)
-        for spec in make_specs(protocol):
-            yield run_one(env, policy, spec, cfg)
-    finally:
-        env.close()
 
 
 def evaluate_policy(
@@ -380,11 +348,7 @@ def evaluate_policy(
         return [s for s in specs if s.key not in done]
 
     start = time.perf_counter()
-    if ev.schedule is not None:
-        if options.num_envs > 1:
-            log(f"cell {cell.key}: a schedule override runs in one process (--num-envs ignored)")
-        stream = _run_with_schedule(cfg, make_specs, tuple(ev.schedule))
-    elif options.num_envs > 1:
+    if options.num_envs > 1:
         stream = run_parallel(cfg, make_specs, options.num_envs)
     else:
         stream = run_in_process(cfg, make_specs)

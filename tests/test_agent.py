@@ -170,3 +170,25 @@ def test_image_observations_are_checked_and_used(tmp_path):
     assert agent.needs_plan
     with pytest.raises(ValueError, match=r"\['images'\]\['wrist'\]: expected \(H, W, 3\) uint8"):
         agent.act({"language": "x", "images": {**images, "wrist": images["wrist"].astype(np.float32)}})
+
+
+def test_dfm_decodes_with_the_path_the_checkpoint_was_trained_with(checkpoints, tmp_path):
+    import json
+    import shutil
+
+    directory = shutil.copytree(checkpoints["dfm"], tmp_path / "c5")
+    config = json.loads((directory / "config.json").read_text())
+    config["extra"]["metric_path"] = {"distance": "value", "c": 5.0, "alpha": 0.5}
+    (directory / "config.json").write_text(json.dumps(config))
+    agent = DFMPolicy.from_pretrained(directory)
+    assert (agent._path.c, agent._path.alpha) == (5.0, 0.5)
+    value_path = agent.model.metric_path(agent.action_tokenizer, {"distance": "value"})
+    assert torch.equal(agent._path.distance, value_path.distance)  # value-space, not embedding distances
+
+    agent.set_schedule(c=1.0)  # a decoding ablation changes the schedule only
+    assert (agent._path.c, agent._path.alpha) == (1.0, 0.5)
+    assert torch.equal(agent._path.distance, value_path.distance)
+    overridden = DFMPolicy.from_pretrained(directory, schedule=(3.0, 2.0))
+    assert (overridden._path.c, overridden._path.alpha) == (3.0, 2.0)
+    with pytest.raises(ValueError, match="schedule alpha: expected a positive number"):
+        agent.set_schedule(alpha=0.0)
