@@ -19,6 +19,7 @@ from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task
 from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, episode_specs, run_in_process, run_parallel
 
 QUICK_EPISODES_PER_TASK = 5  # `rollout` default: a first look in minutes; --full runs the protocol
+QUICK_CHAINS = 20  # the same for CALVIN's 1000 evaluation chains
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) -> None:
@@ -38,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
         help=f"episodes per task (default: {QUICK_EPISODES_PER_TASK} for rollout, full protocol for eval)",
     )
     parser.add_argument("--full", action="store_true", help="the full protocol (LIBERO: 50 per task)")
+    parser.add_argument(
+        "--chains",
+        type=int,
+        help="CALVIN envs: evaluation chains to run (default: 20 for rollout, 1000 for eval)",
+    )
     parser.add_argument(
         "--max-steps", type=int, help="cut episodes at this many steps (quick checks; not the protocol)"
     )
@@ -99,6 +105,12 @@ def main(args: argparse.Namespace) -> int:
         "tasks": args.tasks,
         "code_version": code_version(),
     }
+    if args.env.startswith("calvin_"):
+        from dfm_vla.evaluation.chains import run_chains
+
+        chains = 1000 if args.full else args.chains or (QUICK_CHAINS if args._interactive else 1000)
+        meta["chains"] = chains
+        return run_chains(args, cfg, meta, chains, args._interactive)
     results = ResultsFile(out, meta, resume=args.resume)
     done = results.done_keys
 

@@ -54,7 +54,7 @@ class Dashboard:
         """Episodes in the run (finished ones from a resumed run included), once the protocol is known."""
         self.total = total
         if not self.live_mode:
-            self.console.print(f"{self.title}: {total} episodes", highlight=False)
+            self.console.print(f"{self.title}: {total} episodes", highlight=False, soft_wrap=True)
         self._refresh()
 
     def __exit__(self, *exc: Any) -> None:
@@ -84,6 +84,7 @@ class Dashboard:
                 f"[{done}/{self.total}] task {result.spec.task_id} init {result.spec.init_state_id}: "
                 f"{outcome} in {result.length} steps, {result.seconds:.1f} s | {result.instruction}",
                 highlight=False,
+                soft_wrap=True,
             )
         self._refresh()
 

@@ -18,12 +18,9 @@ from dfm_vla.policy.model import build_model
 from dfm_vla.policy.processor import state_statistics
 from dfm_vla.policy.text_tokenizer import tiny_text_tokenizer
 
-pytest.importorskip("libero")
 
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory):
-    """A state-only tiny DFM policy for LIBERO's 7-d actions and 8-d state (random weights)."""
+def _tiny_policy(directory, state_dim):
+    """A state-only tiny DFM policy for 7-d actions (random weights), saved in ``directory``."""
     rng = np.random.default_rng(0)
     chunks = rng.uniform(-1, 1, size=(200, 8, 7))
     chunks[..., 6] = np.sign(chunks[..., 6])
@@ -40,10 +37,15 @@ def tiny_policy(tmp_path_factory):
     )
     torch.manual_seed(0)
     text_tok = tiny_text_tokenizer()
-    model = build_model(cfg, act_tok, text_tok, state_dim=8)
-    directory = tmp_path_factory.mktemp("policy")
-    model.save_pretrained(directory, act_tok, text_tok, {"state": state_statistics(rng.normal(size=(50, 8)))})
+    model = build_model(cfg, act_tok, text_tok, state_dim=state_dim)
+    stats = {"state": state_statistics(rng.normal(size=(50, state_dim)))}
+    model.save_pretrained(directory, act_tok, text_tok, stats)
     return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    return _tiny_policy(tmp_path_factory.mktemp("policy"), state_dim=8)  # LIBERO state: 8
 
 
 def _cli(*args, cwd):
@@ -53,6 +55,7 @@ def _cli(*args, cwd):
 
 
 def test_eval_writes_results_and_rollout_resumes_without_recomputing(tiny_policy, tmp_path, repo_root):
+    pytest.importorskip("libero")
     out = tmp_path / "run"
     common = [
         "--env",
@@ -92,3 +95,35 @@ def test_eval_writes_results_and_rollout_resumes_without_recomputing(tiny_policy
     final = json.loads((out / "results.json").read_text())["episodes"]
     assert final[0] == episodes[0]  # the finished episode was kept, not recomputed
     assert final[1]["spec"] == episodes[1]["spec"]
+
+
+def test_calvin_chains_are_saved_per_chain_and_resume(tmp_path, repo_root):
+    policy = _tiny_policy(tmp_path / "policy", state_dim=15)  # CALVIN state = robot_obs (15)
+    out = tmp_path / "calvin"
+    first = _cli(
+        "eval", "--env", "calvin_d", "--policy", policy, "--chains", "1", "--out", out, cwd=repo_root
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[1/1] chain 0: length 0 | rotate_blue_block_right FAIL" in first.stdout  # untrained: fails
+    saved = json.loads((out / "results.json").read_text())
+    assert [c["index"] for c in saved["episodes"]] == [0]
+    assert saved["summary"]["avg_len"] == 0.0 and saved["meta"]["chains"] == 1
+    assert saved["summary"]["task_counts"] == {"rotate_blue_block_right": {"fail": 1}}
+
+    more = _cli(
+        "eval",
+        "--env",
+        "calvin_d",
+        "--policy",
+        policy,
+        "--chains",
+        "2",
+        "--out",
+        out,
+        "--resume",
+        cwd=repo_root,
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "[2/2] chain 1: length" in more.stdout and "chain 0:" not in more.stdout  # chain 0 was kept
+    resumed = json.loads((out / "results.json").read_text())["episodes"]
+    assert [c["index"] for c in resumed] == [0, 1] and resumed[0] == saved["episodes"][0]
