@@ -17,13 +17,23 @@ import sys
 
 # name -> (module, one-line help). A command is listed here once it works.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("dfm_vla.envs.collect", "Record scripted-expert demos (HDF5), resumable, success per task"),
     "rollout": ("dfm_vla.evaluation.command", "Roll a policy out on an env's protocol, live dashboard"),
     "eval": ("dfm_vla.evaluation.eval_command", "The rollout protocol with plain log lines, for scripts"),
+    "doctor": ("dfm_vla.serve.doctor", "Check packages, rendering, LIBERO, torch, disk; print fixes"),
+    "serve": ("dfm_vla.serve.server", "Serve a policy over WebSocket to remote simulators and robots"),
+    "study": ("dfm_vla.studies.command", "Paper comparisons in miniature: data-scale, decoding, variants"),
+    "calvin-play": ("dfm_vla.envs.calvin.play", "Record CALVIN play: chained random tasks, language windows"),
+    "train": ("dfm_vla.train.command", "Fine-tune a policy on demos (HDF5, LeRobot): DFM, DFM+Head, DD, AR"),
 }
 
 # bench target -> (module, one-line help).
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "tokenizers": ("dfm_vla.policy.bench_tokenizers", "Action tokenizers (FAST, bins): size, error, speed"),
+    "decode": ("dfm_vla.policy.bench_decode", "Decoding ms per chunk: AR vs DD vs DFM, KV cache on/off"),
+    "serve": ("dfm_vla.serve.bench_serve", "Policy server on loopback: requests/s, p50/p99, batching on/off"),
+    "env": ("dfm_vla.envs.bench_env", "Env speed: creation, steps/s with/without cameras, on demand"),
+    "train": ("dfm_vla.train.bench_train", "Training throughput: samples/s and tokens/s per model config"),
 }
 
 

