@@ -102,8 +102,11 @@ def run_expert_episode(
         executed = action.copy()
         scale = float(getattr(expert, "noise_scale", 1.0))  # experts switch noise off in precise phases
         if noise > 0 and scale > 0:
-            perturbation = rng.normal(0.0, noise * scale, len(executed) - 1)
-            executed[:-1] = np.clip(executed[:-1] + perturbation, -1.0, 1.0)
+            # Motion dims only: an expert may name them (``noise_dims``); by default all but the last
+            # (the gripper). Clipped to the env's own action bounds (LIBERO: [-1, 1]; AgileX: joint limits).
+            dims = np.asarray(getattr(expert, "noise_dims", range(len(executed) - 1)), dtype=int)
+            executed[dims] += rng.normal(0.0, noise * scale, len(dims))
+            executed = np.clip(executed, env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, info = env.step(executed)
         actions.append(action)
         rewards.append(reward)

@@ -76,6 +76,9 @@ def _pick_and_place(
 class AgileXExpert:
     """Plans both arms' tool waypoints at ``reset(env)``; ``act(obs)`` returns the next joint targets."""
 
+    # Arm joints only (grippers are dims 6 and 13): what `collect --noise` may perturb.
+    noise_dims = (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12)
+
     def __init__(self, ik_iterations: int = 6) -> None:
         self.ik = BimanualIK(iterations=ik_iterations)
         self.plans: dict[str, list[Waypoint]] = {}
