@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from dfm_vla.evaluation.episode import EpisodeResult, StepEvent
 
@@ -105,7 +106,8 @@ class Dashboard:
         return {t: tuple(v) for t, v in sorted(out.items())}
 
     def render(self) -> Group:
-        tasks = Table(title=f"{self.title}: {self._done()}/{self.total} episodes", expand=False)
+        header = Text(f"{self.title}: {self._done()}/{self.total} episodes", style="bold")
+        tasks = Table(expand=False)
         tasks.add_column("task", justify="right")
         tasks.add_column("instruction")
         tasks.add_column("success", justify="right")
@@ -116,8 +118,8 @@ class Dashboard:
             wins, n = wins + s, n + k
         if n:
             tasks.add_row("", "[b]all[/b]", f"{wins}/{n}", f"{100 * wins / n:.1f}%")
-        running = Table(title="running", expand=False)
-        running.add_column("episode")
+        running = Table(expand=False)
+        running.add_column("running episode")
         running.add_column("step", justify="right")
         for key, ev in self.running.items():
             running.add_row(key, f"{ev.step}/{ev.max_steps}")
@@ -134,4 +136,4 @@ class Dashboard:
                 f"[cyan]{revision_bars(self.last_changed)}[/cyan]",
                 " ".join(str(c) for c in self.last_changed),
             )
-        return Group(tasks, running, stats)
+        return Group(header, tasks, running, stats)
