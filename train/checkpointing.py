@@ -1,0 +1,165 @@
+"""Training checkpoints: everything needed to continue a killed run exactly.
+
+``<out_dir>/checkpoints/step_<N>.pt`` holds the model and optimizer state (full, unsharded: gathered
+from DDP or FSDP with ``torch.distributed.checkpoint.state_dict``), the scheduler, every rank's RNG
+states (python, numpy, torch, CUDA), the sampler position and the metric history. Files are written
+atomically (temporary file, then rename) by rank 0, then ``latest.json`` is pointed at them; older
+files beyond ``keep`` are removed. Resuming reads ``latest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest.json"
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU and, when present, CUDA)."""
+    import torch
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore the RNG states captured by :func:`capture_rng`."""
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather_rng(world_size: int) -> list[dict[str, Any]]:
+    import torch.distributed as dist
+
+    local = capture_rng()
+    if world_size <= 1 or not dist.is_initialized():
+        return [local]
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, local)
+    return gathered
+
+
+def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded, CPU) model and optimizer state dicts of a plain, DDP or FSDP model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(model, optimizer, options=options)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    sampler_state: dict[str, int],
+    extra: dict[str, Any] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    keep: int = 2,
+) -> Path | None:
+    """Write ``checkpoints/step_<step>.pt`` and point ``latest.json`` at it (collective: call on every rank).
+
+    Returns the path on rank 0, ``None`` elsewhere.
+    """
+    import torch
+
+    from dfm_vla.utils.io import atomic_path, atomic_write_json
+
+    model_state, optim_state = full_state_dicts(model, optimizer)
+    rng_states = _gather_rng(world_size)
+    if rank != 0:
+        return None
+    out_dir = Path(out_dir)
+    path = out_dir / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+    payload = {
+        "step": int(step),
+        "model": model_state,
+        "optimizer": optim_state,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_states,
+        "sampler": dict(sampler_state),
+        "world_size": int(world_size),
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    atomic_write_json(out_dir / CHECKPOINT_DIR / LATEST_FILE, {"step": int(step), "file": path.name})
+    _prune(out_dir / CHECKPOINT_DIR, keep)
+    return path
+
+
+def _prune(directory: Path, keep: int) -> None:
+    files = sorted(directory.glob("step_*.pt"), key=_step_of)
+    for old in files[: max(0, len(files) - max(1, keep))]:
+        old.unlink(missing_ok=True)
+
+
+def _step_of(path: Path) -> int:
+    match = re.search(r"step_(\d+)\.pt$", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The file ``latest.json`` points at, or the highest ``step_*.pt``; ``None`` if there is none."""
+    directory = Path(out_dir) / CHECKPOINT_DIR
+    pointer = directory / LATEST_FILE
+    if pointer.exists():
+        path = directory / json.loads(pointer.read_text())["file"]
+        if path.exists():
+            return path
+    files = sorted(directory.glob("step_*.pt"), key=_step_of)
+    return files[-1] if files else None
+
+
+def load_checkpoint(
+    path: str | Path, model, optimizer, scheduler, rank: int = 0, world_size: int = 1
+) -> dict:
+    """Load ``path`` into ``model``/``optimizer``/``scheduler`` and restore this rank's RNG.
+
+    Returns the payload's ``step``, ``sampler`` and ``extra``. The world size must match the one
+    that wrote the checkpoint (data position and RNG are per rank).
+    """
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    saved_world = int(payload.get("world_size", 1))
+    if saved_world != world_size:
+        raise ValueError(
+            f"checkpoint {path}: world_size: written by {saved_world} processes, resumed with {world_size}; "
+            "resume with the same number of processes"
+        )
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=payload["model"],
+        optim_state_dict=payload["optimizer"],
+        options=StateDictOptions(full_state_dict=True),
+    )
+    if scheduler is not None and payload.get("scheduler") is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    restore_rng(payload["rng"][rank])
+    return {"step": int(payload["step"]), "sampler": payload["sampler"], "extra": payload.get("extra", {})}
