@@ -93,15 +93,16 @@ def save_pretrained(
         if getattr(action_tokenizer, "normalizer", None) is not None:
             norm.setdefault("action", action_tokenizer.normalizer.to_dict())
         atomic_write_json(tmp / NORMALIZATION_FILE, norm)
-        _replace_dir(tmp, directory)
+        replace_path(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
+def replace_path(new: Path, target: Path) -> None:
+    """Move ``new`` (a file or folder) onto ``target``; an existing folder is swapped out, then deleted."""
+    if target.is_dir():
         old = target.with_name(f".{target.name}.old")
         if old.exists():
             shutil.rmtree(old)

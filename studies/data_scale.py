@@ -13,7 +13,7 @@ from typing import Any
 
 from dfm_vla.studies import common
 from dfm_vla.studies.cells import Cell, TrainSpec, cell_status, run_cells
-from dfm_vla.studies.report import aggregate, per_seed_points, plot_data_scale, write_markdown
+from dfm_vla.studies.report import aggregate, per_seed_points, plot_data_scale, write_study
 
 NAME = "data_scale"
 GROUP_BY = ("fraction", "decoder")
@@ -99,18 +99,4 @@ def report(results: list[dict[str, Any]], out, args: argparse.Namespace) -> dict
     ]
     plot = out / f"{NAME}.png"
     plot_data_scale(rows, seeds, plot, title)
-    write_markdown(out / f"{NAME}.md", title, rows, notes)
-    result = {
-        "study": NAME,
-        "env": args.env,
-        "out": str(out),
-        "rows": rows,
-        "notes": notes,
-        "plots": [str(plot)],
-        "markdown": str(out / f"{NAME}.md"),
-        "cells": results,
-    }
-    from dfm_vla.utils.io import atomic_write_json
-
-    atomic_write_json(out / f"{NAME}.json", result)
-    return result
+    return write_study(out, NAME, title, rows, notes, plot, results, env=args.env)

@@ -20,8 +20,7 @@ from typing import Any
 
 from dfm_vla.studies import common
 from dfm_vla.studies.cells import Cell, cell_status, run_cells
-from dfm_vla.studies.report import aggregate, plot_bars, write_markdown
-from dfm_vla.utils.io import atomic_write_json
+from dfm_vla.studies.report import aggregate, plot_bars, write_study
 
 NAME = "decoding"
 GROUP_BY = ("ablation", "setting")
@@ -133,17 +132,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     plot = out / f"{NAME}.png"
     plot_bars(rows, "setting", plot, title, group_key="ablation", panels=("success", "ms"))
-    write_markdown(out / f"{NAME}.md", title, rows, notes)
-    result = {
-        "study": NAME,
-        "env": args.env,
-        "policy": str(Path(args.policy).resolve()),
-        "out": str(out),
-        "rows": rows,
-        "notes": notes,
-        "plots": [str(plot)],
-        "markdown": str(out / f"{NAME}.md"),
-        "cells": list(by_key.values()),
-    }
-    atomic_write_json(out / f"{NAME}.json", result)
-    return result
+    return write_study(
+        out,
+        NAME,
+        title,
+        rows,
+        notes,
+        plot,
+        list(by_key.values()),
+        env=args.env,
+        policy=str(Path(args.policy).resolve()),
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dfm_vla.evaluation.results import wilson_interval
-from dfm_vla.utils.io import atomic_path, atomic_write_text
+from dfm_vla.utils.io import atomic_path, atomic_write_json, atomic_write_text
 
 COLORS = {"dfm": "#4c72b0", "dd": "#dd8452", "ar": "#55a868", "dfm_head": "#c44e52", "dfm_embed": "#4c72b0"}
 
@@ -102,6 +102,35 @@ def write_markdown(
     if notes:
         text += "".join(f"- {n}\n" for n in notes) + "\n"
     atomic_write_text(path, text + markdown_table(rows))
+
+
+def write_study(
+    out: Path,
+    name: str,
+    title: str,
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    plot: Path,
+    cells: list[dict[str, Any]],
+    **fields: Any,
+) -> dict[str, Any]:
+    """Write a study's Markdown table and its JSON result into ``out``; returns the result dict.
+
+    fields: extra top-level entries (``env``, ``policy``, ...) placed before the rows.
+    """
+    write_markdown(out / f"{name}.md", title, rows, notes)
+    result = {
+        "study": name,
+        **fields,
+        "out": str(out),
+        "rows": rows,
+        "notes": notes,
+        "plots": [str(plot)],
+        "markdown": str(out / f"{name}.md"),
+        "cells": cells,
+    }
+    atomic_write_json(out / f"{name}.json", result)
+    return result
 
 
 def _pyplot():

@@ -14,8 +14,7 @@ from typing import Any
 from dfm_vla.studies import common
 from dfm_vla.studies.cells import Cell, run_cells
 from dfm_vla.studies.data_scale import dry_run, training_cell
-from dfm_vla.studies.report import aggregate, per_seed_points, plot_bars, write_markdown
-from dfm_vla.utils.io import atomic_write_json
+from dfm_vla.studies.report import aggregate, per_seed_points, plot_bars, write_study
 
 NAME = "variants"
 VARIANTS = {"dfm": "DFM+Embed", "dfm_head": "DFM+Head"}
@@ -67,16 +66,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed_key=GROUP_BY,
         panels=("success",),
     )
-    write_markdown(out / f"{NAME}.md", title, rows, notes)
-    result = {
-        "study": NAME,
-        "env": args.env,
-        "out": str(out),
-        "rows": rows,
-        "notes": notes,
-        "plots": [str(plot)],
-        "markdown": str(out / f"{NAME}.md"),
-        "cells": results,
-    }
-    atomic_write_json(out / f"{NAME}.json", result)
-    return result
+    return write_study(out, NAME, title, rows, notes, plot, results, env=args.env)

@@ -384,10 +384,9 @@ def save_policy(out_dir: Path, model, tokenizer, text_tokenizer, norm_stats: dic
     its entries are moved into ``out_dir`` one by one (each an atomic rename; ``config.json`` last),
     leaving the run's other files (checkpoints, curves, logs) in place.
     """
-    import os
     import shutil
 
-    from dfm_vla.policy.checkpoint import CONFIG_FILE, save_pretrained
+    from dfm_vla.policy.checkpoint import CONFIG_FILE, replace_path, save_pretrained
 
     extra = {
         "metric_path": metric_path_settings(cfg),
@@ -406,16 +405,7 @@ def save_policy(out_dir: Path, model, tokenizer, text_tokenizer, norm_stats: dic
     )
     entries = sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_FILE)  # config.json last
     for entry in entries:
-        target = out_dir / entry.name
-        if entry.is_dir() and target.exists():
-            old = out_dir / f".{entry.name}.old"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(entry, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(entry, target)
+        replace_path(entry, out_dir / entry.name)
     shutil.rmtree(staging, ignore_errors=True)
 
 
