@@ -8,15 +8,13 @@ Both run the env's evaluation protocol: every task (or --tasks), the official in
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
-import dfm_vla
 from dfm_vla.evaluation.dashboard import Dashboard
 from dfm_vla.evaluation.policies import policy_spec_from_args
-from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task
-from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, episode_specs, run_in_process, run_parallel
+from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task, run_meta
+from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, run_protocol
 
 QUICK_EPISODES_PER_TASK = 5  # `rollout` default: a first look in minutes; --full runs the protocol
 QUICK_CHAINS = 20  # the same for CALVIN's 1000 evaluation chains
@@ -94,17 +92,9 @@ def main(args: argparse.Namespace) -> int:
         video_view=args.video_view,
         env_kwargs=env_kwargs,
     )
-    meta = {
-        "env": args.env,
-        "policy": spec.describe(),
-        "decoder": args.decoder,
-        "steps": list(args.steps) if args.steps else None,
-        "seed": args.seed,
-        "max_steps": args.max_steps,
-        "episodes_per_task": per_task or "full",
-        "tasks": args.tasks,
-        "code_version": code_version(),
-    }
+    meta = run_meta(
+        args.env, spec, seed=args.seed, episodes_per_task=per_task, tasks=args.tasks, max_steps=args.max_steps
+    )
     if args.env.startswith("calvin_"):
         from dfm_vla.evaluation.chains import run_chains
 
@@ -112,27 +102,24 @@ def main(args: argparse.Namespace) -> int:
         meta["chains"] = chains
         return run_chains(args, cfg, meta, chains, args._interactive)
     results = ResultsFile(out, meta, resume=args.resume)
-    done = results.done_keys
-
-    def make_specs(protocol):
-        n = per_task or protocol.num_init_states or 50
-        todo = [s for s in episode_specs(protocol, args.tasks, n, args.seed) if s.key not in done]
-        dashboard.set_total(len(todo) + len(done))
-        return todo
-
     dashboard = Dashboard(
         f"{command} {args.env} ({spec.describe()})", 0, live=None if args._interactive else False
     )
     for e in results.episodes:
         dashboard.add_prior(e["spec"]["task_id"], e["success"])
-    if args.num_envs == 1:
-        stream = run_in_process(cfg, make_specs, on_step=dashboard.on_step)
-    else:
-        stream = run_parallel(cfg, make_specs, args.num_envs, on_step=dashboard.on_step)
+    stream = run_protocol(
+        cfg,
+        results,
+        tasks=args.tasks,
+        episodes_per_task=per_task,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        on_total=dashboard.set_total,
+        on_step=dashboard.on_step,
+    )
     try:
         with dashboard:
             for result in stream:
-                results.add(result.to_json())
                 dashboard.on_episode(result)
     except KeyboardInterrupt:
         print(
@@ -173,19 +160,6 @@ def finish(results: ResultsFile, out: Path, env: str) -> None:
     if summary["per_task"]:
         plot_success_by_task(summary, out / "success_by_task.png", f"{env}: {results.meta['policy']}")
     print(f"results: {results.path}")
-
-
-def code_version() -> str:
-    root = Path(dfm_vla.__file__).parent
-    try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=5
-        )
-        if rev.returncode == 0:
-            return f"{dfm_vla.__version__}+{rev.stdout.strip()}"
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return dfm_vla.__version__
 
 
 def _int_list(text: str) -> list[int]:

@@ -19,7 +19,41 @@ from typing import Any
 from dfm_vla.utils.io import atomic_path, atomic_write_json
 
 # Meta fields that must match for --resume to continue a run (anything else may differ).
-RESUME_FIELDS = ("env", "policy", "decoder", "steps", "seed", "max_steps")
+RESUME_FIELDS = ("env", "policy", "decoder", "steps", "schedule", "seed", "max_steps")
+
+
+def run_meta(env: str, policy: Any, *, seed: int, episodes_per_task: int | None, tasks: Any, **extra: Any):
+    """The ``meta`` block of a results file for ``policy`` (a ``PolicySpec``) on ``env``."""
+    return {
+        "env": env,
+        "policy": policy.describe(),
+        "decoder": policy.decoder,
+        "steps": list(policy.steps) if policy.steps else None,
+        "schedule": list(policy.schedule) if policy.schedule else None,
+        "seed": seed,
+        "episodes_per_task": episodes_per_task or "full",
+        "tasks": tasks,
+        **extra,
+        "code_version": code_version(),
+    }
+
+
+def code_version() -> str:
+    """The package version plus ``git describe`` of the checkout it runs from, when there is one."""
+    import subprocess
+
+    import dfm_vla
+
+    root = Path(dfm_vla.__file__).parent
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if rev.returncode == 0:
+            return f"{dfm_vla.__version__}+{rev.stdout.strip()}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return dfm_vla.__version__
 
 
 class ResultsFile:

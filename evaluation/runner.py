@@ -64,6 +64,40 @@ def episode_specs(
     ]
 
 
+def run_protocol(
+    cfg: RunConfig,
+    results: Any,
+    *,
+    tasks: list[int] | None,
+    episodes_per_task: int | None,
+    seed: int,
+    num_envs: int = 1,
+    on_total: Callable[[int], None] | None = None,
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> Iterator[EpisodeResult]:
+    """Run the protocol's episodes that ``results`` (a ``ResultsFile``) lacks; record and yield each.
+
+    episodes_per_task: None runs every official initial state (the full protocol). ``on_total`` gets
+    the protocol's episode count (finished ones included) once the env has said how many it has.
+    """
+    done = results.done_keys
+
+    def make_specs(protocol: Protocol) -> list[EpisodeSpec]:
+        n = episodes_per_task or protocol.num_init_states or 50
+        specs = episode_specs(protocol, tasks, n, seed)
+        if on_total is not None:
+            on_total(len(specs))
+        return [s for s in specs if s.key not in done]
+
+    if num_envs == 1:
+        stream = run_in_process(cfg, make_specs, on_step=on_step)
+    else:
+        stream = run_parallel(cfg, make_specs, num_envs, on_step=on_step)
+    for result in stream:
+        results.add(result.to_json())
+        yield result
+
+
 def setup(cfg: RunConfig) -> tuple[Any, Any, Protocol]:
     """Build (env, policy, protocol) for ``cfg`` in the calling process."""
     from dfm_vla.envs import make_env

@@ -312,26 +312,20 @@ def evaluate_policy(
     cell: Cell, policy_dir: str, out_dir: Path, options: RunOptions, log=print
 ) -> dict[str, Any]:
     """Run the cell's evaluation protocol (resumable ResultsFile in ``out_dir``); its summary."""
-    from dfm_vla.evaluation.command import code_version
-    from dfm_vla.evaluation.results import ResultsFile
-    from dfm_vla.evaluation.runner import RunConfig, episode_specs, run_in_process, run_parallel
+    from dfm_vla.evaluation.results import ResultsFile, run_meta
+    from dfm_vla.evaluation.runner import RunConfig, run_protocol
 
     ev = cell.eval
     spec = _policy_spec(cell, policy_dir)
-    meta = {
-        "env": ev.env,
-        "policy": spec.describe(),
-        "decoder": ev.decoder,
-        "steps": list(ev.steps) if ev.steps else None,
-        "seed": ev.seed,
-        "schedule": list(ev.schedule) if ev.schedule else None,
-        "episodes_per_task": ev.episodes_per_task or "full",
-        "tasks": ev.tasks,
-        "study_cell": cell.key,
-        "code_version": code_version(),
-    }
+    meta = run_meta(
+        ev.env,
+        spec,
+        seed=ev.seed,
+        episodes_per_task=ev.episodes_per_task,
+        tasks=ev.tasks,
+        study_cell=cell.key,
+    )
     results = ResultsFile(out_dir, meta, resume=True)
-    done = results.done_keys
     cfg = RunConfig(
         env=ev.env,
         policy=spec,
@@ -340,21 +334,18 @@ def evaluate_policy(
         torch_threads=options.torch_threads,
     )
     total = {"n": 0}
-
-    def make_specs(protocol):
-        n = ev.episodes_per_task or protocol.num_init_states or 50
-        specs = episode_specs(protocol, ev.tasks, n, ev.seed)
-        total["n"] = len(specs)
-        return [s for s in specs if s.key not in done]
-
     start = time.perf_counter()
-    if options.num_envs > 1:
-        stream = run_parallel(cfg, make_specs, options.num_envs)
-    else:
-        stream = run_in_process(cfg, make_specs)
-    with _EpisodeProgress(f"eval {cell.key}", len(done), options.progress, log) as bar:
+    stream = run_protocol(
+        cfg,
+        results,
+        tasks=ev.tasks,
+        episodes_per_task=ev.episodes_per_task,
+        seed=ev.seed,
+        num_envs=options.num_envs,
+        on_total=lambda n: total.update(n=n),
+    )
+    with _EpisodeProgress(f"eval {cell.key}", len(results.episodes), options.progress, log) as bar:
         for result in stream:
-            results.add(result.to_json())
             bar.advance(result.success, total["n"])
     summary = results.summary()
     overall = summary["overall"]
