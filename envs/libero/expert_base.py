@@ -32,6 +32,10 @@ def rot_x(angle: float) -> np.ndarray:
     return Rotation.from_euler("x", angle).as_matrix()
 
 
+def rot_y(angle: float) -> np.ndarray:
+    return Rotation.from_euler("y", angle).as_matrix()
+
+
 class ScriptContext:
     """Privileged reads from the current simulator and the servo primitives an expert script uses."""
 
