@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _models import SMALL
 
 TASKS = ("push the block left", "lift the cup")
 
@@ -66,11 +67,7 @@ def small_config(data: str | Path, out_dir: str | Path, **overrides):
         "torch_threads": 1,
         "tensorboard": False,
         "model_overrides": {
-            "hidden_size": 64,
-            "num_layers": 2,
-            "num_heads": 4,
-            "num_kv_heads": 2,
-            "intermediate_size": 128,
+            **SMALL,
             "steps_fine": 6,
             "steps_val": 2,
         },

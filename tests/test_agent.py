@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from _models import micro_model_config, small_model_config
 
 from dfm_vla.agents.dfm_policy import DFMPolicy
 from dfm_vla.policy.action_tokenizer import BinActionTokenizer, BinTokenizerConfig
 from dfm_vla.policy.checkpoint import load_pretrained
-from dfm_vla.policy.config import get_config
 from dfm_vla.policy.model import build_model
 from dfm_vla.policy.processor import state_statistics
 from dfm_vla.policy.text_tokenizer import tiny_text_tokenizer
@@ -21,13 +21,7 @@ def _save(directory, objective, seed=0):
     chunks[..., 6] = np.where(chunks[..., 6] > 0, 1.0, -1.0)
     act_tok = BinActionTokenizer(BinTokenizerConfig(num_bins=32, gripper_dims=(6,))).fit(chunks)
     text_tok = tiny_text_tokenizer()
-    cfg = get_config(
-        "tiny",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
+    cfg = small_model_config(
         objective=objective,
         state_keys=("state", "object_state"),
         execute_horizon=4,
@@ -145,13 +139,7 @@ def test_image_observations_are_checked_and_used(tmp_path):
     rng = np.random.default_rng(0)
     act_tok = BinActionTokenizer(BinTokenizerConfig(num_bins=16)).fit(rng.normal(size=(100, 4, 2)))
     text_tok = tiny_text_tokenizer()
-    cfg = get_config(
-        "tiny",
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
+    cfg = micro_model_config(
         image_views=("agentview", "wrist"),
         image_size=32,
         patch_size=8,

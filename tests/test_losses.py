@@ -25,12 +25,7 @@ PAD, BOA, EOA, MASK = NUM_REGULAR, NUM_REGULAR + 1, NUM_REGULAR + 2, NUM_REGULAR
 VOCAB = NUM_REGULAR + 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bins_path(**kwargs) -> MetricPath:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _models import small_model_config
 
 from dfm_vla.policy import attention_mask as masks
 from dfm_vla.policy.action_tokenizer import BinActionTokenizer, BinTokenizerConfig
@@ -31,13 +32,7 @@ def _tokenizer(horizon=4, dim=3, bins=32, seed=0):
 
 
 def _model(text_tok, act_tok, views=(), **overrides):
-    cfg = get_config(
-        "tiny",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
+    cfg = small_model_config(
         image_views=views,
         image_size=32,
         patch_size=8,
@@ -225,13 +220,7 @@ def test_vq_image_tokens_go_through_the_shared_vocabulary(text_tok):
     vqvae = Emu3VQVAE(vq_config)
     offset, eol = text_tok.vocab_size, text_tok.vocab_size + 64
     act_tok = _tokenizer()
-    cfg = get_config(
-        "tiny",
-        hidden_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=128,
+    cfg = small_model_config(
         image_views=("front",),
         image_encoder="vq",
         image_size=32,

@@ -15,14 +15,7 @@ from dfm_vla.policy.probability_path import (
 )
 from dfm_vla.policy.velocity import conditional_velocity, jump_intensity, marginal_velocity
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many tiny ops: one thread avoids oversubscribing the 2 shared CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_path(vocab=9, dim=3, seed=0, c=3.0, alpha=1.0, dtype=torch.float64, metric="l2"):

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from _models import micro_model_config
 
 from dfm_vla.policy.action_tokenizer import BinActionTokenizer, BinTokenizerConfig
-from dfm_vla.policy.config import get_config
 from dfm_vla.policy.model import build_model
 from dfm_vla.policy.processor import state_statistics
 from dfm_vla.policy.text_tokenizer import tiny_text_tokenizer
@@ -25,13 +25,7 @@ def _tiny_policy(directory, state_dim):
     chunks = rng.uniform(-1, 1, size=(200, 8, 7))
     chunks[..., 6] = np.sign(chunks[..., 6])
     act_tok = BinActionTokenizer(BinTokenizerConfig(num_bins=16, gripper_dims=(6,))).fit(chunks)
-    cfg = get_config(
-        "tiny",
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
+    cfg = micro_model_config(
         state_keys=("state",),
         execute_horizon=8,
     )

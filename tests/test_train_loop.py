@@ -77,6 +77,22 @@ def test_data_fraction_trains_on_whole_episodes(demos, tmp_path):
     assert summary["chunks"]["train"] == 2 * 24
 
 
+def test_warm_start_continues_from_a_trained_policy(demos, tmp_path):
+    first = tmp_path / "first"
+    before = train(small_config(demos, first, max_steps=60, eval_at_start=True), progress=False)
+    cfg = small_config(demos, tmp_path / "more", max_steps=1, eval_at_start=True, warm_start=str(first))
+    after = train(cfg, progress=False)
+    # The continued run starts where the first one ended, far below a fresh model's loss.
+    fresh_loss, trained_loss = before.history["val/loss"][0][1], before.history["val/loss"][-1][1]
+    start_loss = after.history["val/loss"][0][1]
+    assert start_loss == pytest.approx(trained_loss, rel=0.05) and start_loss < 0.9 * fresh_loss
+
+    with pytest.raises(ValueError, match="warm_start .*objective"):
+        train(small_config(demos, tmp_path / "ar", objective="ar", warm_start=str(first)), progress=False)
+    with pytest.raises(FileNotFoundError, match="warm_start"):
+        train(small_config(demos, tmp_path / "x", warm_start=str(tmp_path / "missing")), progress=False)
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(demos, tmp_path):
     steps, save_every, kill_at = 8, 3, 6
     whole = small_config(demos, tmp_path / "whole", max_steps=steps, save_every=save_every, eval_every=4)

@@ -46,6 +46,9 @@ class TrainConfig:
     model: str = "univla-8b"  # named config (tiny | base | univla-8b) or a checkpoint folder
     model_overrides: dict[str, Any] = field(default_factory=dict)  # fields of the model config
     init_from: str = ""  # local UniVLA/Emu3 checkpoint (Hugging Face layout) for the 8B path
+    # a dfm-vla policy folder (cli.py train's output) whose weights start this run: continued training
+    # or fine-tuning on new demos with the same model config; optimizer and schedule start fresh
+    warm_start: str = ""
     objective: str = "dfm"  # dfm | dfm_head | dd | ar
     t_max: float = 0.999  # training times t ~ U(0, t_max), kept away from t = 1 (where x_t = x1)
     # DFM metric path: distances between action tokens, measured on the model's action embeddings
