@@ -8,6 +8,7 @@ Both run the env's evaluation protocol: every task (or --tasks), the official in
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, run_protocol
 
 QUICK_EPISODES_PER_TASK = 5  # `rollout` default: a first look in minutes; --full runs the protocol
 QUICK_CHAINS = 20  # the same for CALVIN's 1000 evaluation chains
+MAX_DEFAULT_ENVS = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) -> None:
@@ -45,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
     parser.add_argument(
         "--max-steps", type=int, help="cut episodes at this many steps (quick checks; not the protocol)"
     )
-    parser.add_argument("--num-envs", type=int, default=1, help="parallel env processes (default: 1)")
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        help=f"parallel env processes (default: this machine's cores, at most {MAX_DEFAULT_ENVS})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--video", choices=VIDEO_MODES, default="none", help="save MP4s (renders every step)")
     parser.add_argument("--video-view", help="camera for videos (default: the env's first)")
@@ -55,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
     parser.set_defaults(_interactive=interactive)
 
 
+def default_num_envs() -> int:
+    """One env process per core, at most MAX_DEFAULT_ENVS (each holds a simulator and a policy copy)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_ENVS, cores))
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, interactive=False)
 
@@ -62,6 +77,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise SystemExit("--resume needs --out DIR: the folder of the run to continue")
+    if args.num_envs is None:
+        args.num_envs = default_num_envs()
     if args.num_envs < 1:
         raise SystemExit(f"--num-envs must be >= 1, got {args.num_envs}")
     spec = policy_spec_from_args(

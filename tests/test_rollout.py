@@ -62,6 +62,8 @@ def test_eval_writes_results_and_rollout_resumes_without_recomputing(tiny_policy
         "2",
         "--max-steps",
         "24",
+        "--num-envs",
+        "1",  # episodes finish in protocol order (the default runs one env per core)
         "--out",
         out,
     ]
