@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dfm_vla.studies.cells import EvalSpec, RunOptions
+from dfm_vla.train.config import add_overrides_argument
 
 DEFAULT_CONFIG = "configs/tiny_libero_goal.yaml"
 DEFAULT_DATA = "data/libero_goal_demos"
@@ -98,14 +99,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-steps", type=int, help="optimizer steps for every cell (default: the config's max_steps)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any TrainConfig field",
-    )
+    add_overrides_argument(parser)
     parser.add_argument(
         "--seeds", type=seed_list, default=[0], help="a count (3: seeds 0,1,2) or a list (0,4)"
     )

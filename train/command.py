@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from dfm_vla.train.config import add_overrides_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="a TrainConfig YAML file (configs/*.yaml)")
@@ -26,14 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, help="wall-clock budget; saves and stops when spent")
     parser.add_argument("--seed", type=int, help="seed for the split, sampling and initialisation")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any TrainConfig field",
-    )
+    add_overrides_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace):

@@ -228,6 +228,18 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any], source: s
     return values
 
 
+def add_overrides_argument(parser) -> None:
+    """``--set KEY=VALUE`` (repeatable) on an argparse parser; read it with :func:`parse_overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any TrainConfig field",
+    )
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``["lr=3e-4", "betas=[0.9, 0.95]"]`` -> {"lr": "3e-4", ...} (values converted later)."""
     out: dict[str, Any] = {}
