@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
         type=int,
         help=f"parallel env processes (default: this machine's cores, at most {MAX_DEFAULT_ENVS})",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per env process (default: 1; a small policy's many small ops run fastest on "
+        "one thread, and more threads than cores slow every process down)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--video", choices=VIDEO_MODES, default="none", help="save MP4s (renders every step)")
     parser.add_argument("--video-view", help="camera for videos (default: the env's first)")
@@ -81,6 +88,8 @@ def main(args: argparse.Namespace) -> int:
         args.num_envs = default_num_envs()
     if args.num_envs < 1:
         raise SystemExit(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
     spec = policy_spec_from_args(
         args.env,
         args.policy,
@@ -108,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
         video=args.video,
         video_view=args.video_view,
         env_kwargs=env_kwargs,
+        torch_threads=args.threads,
     )
     meta = run_meta(
         args.env, spec, seed=args.seed, episodes_per_task=per_task, tasks=args.tasks, max_steps=args.max_steps
