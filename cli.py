@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("dfm_vla.envs.collect", "Record scripted-expert demos (HDF5), resumable, success per task"),
     "rollout": ("dfm_vla.evaluation.command", "Roll a policy out on an env's protocol, live dashboard"),
     "eval": ("dfm_vla.evaluation.eval_command", "The rollout protocol with plain log lines, for scripts"),
+    "compare": ("dfm_vla.evaluation.compare", "Evaluation runs side by side: success per task, table, plot"),
     "doctor": ("dfm_vla.serve.doctor", "Check packages, rendering, LIBERO, torch, disk; print fixes"),
     "serve": ("dfm_vla.serve.server", "Serve a policy over WebSocket to remote simulators and robots"),
     "study": ("dfm_vla.studies.command", "Paper comparisons in miniature: data-scale, decoding, variants"),

@@ -88,3 +88,44 @@ def test_revision_bars_scale_to_the_busiest_step_and_names_say_the_outcome():
     assert revision_bars(None) == ""
     name = video_name(3, 7, "Open the top drawer and put the bowl inside", False)
     assert name == "task03_init07_open-the-top-drawer-and-put-the-bowl-inside_failure.mp4"
+
+
+def test_compare_puts_runs_side_by_side_on_their_shared_episodes(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    full, short = (
+        ResultsFile(tmp_path / "full", {**META, "policy": "a"}),
+        ResultsFile(tmp_path / "short", META),
+    )
+    for task in (0, 1):
+        for init in range(4):  # "full" has 4 initial states per task and succeeds on task 0 only
+            full.add(_episode(task, init, success=task == 0).to_json())
+        for init in range(2):  # "short" has 2 and succeeds everywhere
+            short.add(_episode(task, init, success=True).to_json())
+    out = tmp_path / "cmp"
+    cmd = [
+        sys.executable,
+        "cli.py",
+        "compare",
+        f"A={tmp_path / 'full'}",
+        f"B={tmp_path / 'short' / 'results.json'}",
+    ]
+    done = subprocess.run([*cmd, "--out", str(out)], cwd=repo_root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = (out / "comparison.md").read_text()
+    assert "| 0 | do task 0 | 2/2 | 2/2 |" in table and "| 1 | do task 1 | 0/2 | 2/2 |" in table
+    assert "**50.0%** (2/4; " in table and "**100.0%** (4/4; " in table
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["runs"]["A"]["summary"]["overall"]["episodes"] == 4  # 8 recorded, 4 shared
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+    every = subprocess.run(
+        [*cmd, "--out", str(out), "--all-episodes"], cwd=repo_root, capture_output=True, text=True
+    )
+    assert every.returncode == 0 and "| 1 | do task 1 | 0/4 | 2/2 |" in every.stdout
+
+    missing = subprocess.run(
+        [*cmd[:3], str(tmp_path / "nope"), "--out", str(out)], cwd=repo_root, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "no results.json" in missing.stderr
