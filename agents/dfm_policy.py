@@ -78,7 +78,8 @@ class DFMPolicy:
     """An agent over a loaded :class:`~dfm_vla.policy.checkpoint.PolicyBundle`; see the module docstring.
 
     decoder: "dfm" | "dd" | "ar" (default: the one the checkpoint was trained for; a decoder the training
-    objective does not support raises). steps: (T_fine, T_val) for DFM; DD runs T_fine + T_val steps.
+    objective does not support raises). steps: (T_fine, T_val) for DFM, default the checkpoint's own
+    (config.steps_fine, steps_val); DD runs T_fine + T_val steps.
     cache: "auto" (exact prefix cache for prefix-LM models, adaptive for bidirectional ones), "prefix",
     "adaptive" or "none". execute_horizon: actions of each chunk used before re-planning (default: config).
     """
@@ -89,7 +90,7 @@ class DFMPolicy:
         decoder: str | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
-        steps: tuple[int, int] = (14, 2),
+        steps: tuple[int, int] | None = None,
         execute_horizon: int | None = None,
         cache: str = "auto",
         schedule: tuple[float, float] | None = None,
@@ -109,6 +110,8 @@ class DFMPolicy:
                 f"which supports decoder(s) {supported}; load a checkpoint trained for {decoder!r}"
             )
         self.decoder = decoder
+        if steps is None:  # the checkpoint's own decoding steps (ModelConfig.steps_fine / steps_val)
+            steps = (self.config.steps_fine, self.config.steps_val)
         if len(steps) != 2 or min(steps) < 0 or steps[0] + steps[1] < 1:
             raise ValueError(f"steps: expected (T_fine, T_val) with non-negative ints, got {steps}")
         self.steps = (int(steps[0]), int(steps[1]))
@@ -144,7 +147,7 @@ class DFMPolicy:
         decoder: str | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
-        steps: tuple[int, int] = (14, 2),
+        steps: tuple[int, int] | None = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> DFMPolicy:

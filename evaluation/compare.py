@@ -118,7 +118,7 @@ def plot(comparison: dict[str, Any], path: str | Path, title: str) -> None:
     tasks = list(names)
     rows = [*tasks, "all"]
     width = 0.8 / len(labels)
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) * max(1, len(labels) / 2) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(rows) * (len(labels) + 1) + 1.5))
     for j, label in enumerate(labels):
         summary = runs[label]["summary"]
         stats = [summary["per_task"].get(t) for t in tasks] + [summary["overall"]]
@@ -133,13 +133,13 @@ def plot(comparison: dict[str, Any], path: str | Path, title: str) -> None:
         )
         for t in tasks
     }
-    ax.set_yticks(range(len(rows)), [f"{t}: {names[t][:40]}" for t in tasks] + ["all tasks"], fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{t}: {names[t][:48]}" for t in tasks] + ["all tasks"], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("success (%), 95% Wilson interval")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(labels), fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

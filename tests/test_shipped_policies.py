@@ -1,0 +1,47 @@
+"""The policies that ship in the repository load, are small, and act on a real LIBERO-Goal observation."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfm_vla.agents.dfm_policy import DFMPolicy
+from dfm_vla.evaluation.policies import policy_spec_from_args
+
+SHIPPED = {
+    "default": ("checkpoints/libero_goal_tiny_dfm", "dfm", (2, 14)),
+    "dd": ("checkpoints/baselines/libero_goal_tiny_dd", "dd", (14, 2)),
+    "ar": ("checkpoints/baselines/libero_goal_tiny_ar", "ar", (14, 2)),
+}
+
+
+def test_rollout_without_policy_resolves_to_the_shipped_dfm_checkpoint(repo_root):
+    spec = policy_spec_from_args("libero_goal", None, None)
+    assert Path(spec.path) == (repo_root / SHIPPED["default"][0]).resolve()
+    assert (Path(spec.path) / "MODEL_CARD.md").is_file() and (
+        Path(spec.path) / "eval" / "results.json"
+    ).is_file()
+    with pytest.raises(ValueError, match="no default policy ships for env 'libero_spatial'"):
+        policy_spec_from_args("libero_spatial", None, None)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_policy_is_small_and_acts_on_a_libero_goal_observation(name, repo_root):
+    pytest.importorskip("libero")
+    import gymnasium as gym
+
+    import dfm_vla.envs  # noqa: F401  (registers the envs)
+
+    folder, decoder, steps = SHIPPED[name]
+    size = sum(p.stat().st_size for p in (repo_root / folder).rglob("*") if p.is_file())
+    assert size < 12e6, f"{folder}: {size / 1e6:.1f} MB"
+    agent = DFMPolicy.from_pretrained(repo_root / folder, seed=0)
+    assert agent.decoder == decoder and tuple(agent.steps) == steps
+    env = gym.make("libero_goal", task_id=8)
+    try:
+        obs, _ = env.reset(seed=0)
+        actions = [agent.act(obs) for _ in range(5)]  # one plan (4 actions executed per plan), then a second
+    finally:
+        env.close()
+    assert agent.num_plans == 2
+    assert all(a.shape == (7,) and np.isfinite(a).all() and np.abs(a).max() <= 1.0 for a in actions)
