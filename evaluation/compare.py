@@ -127,12 +127,6 @@ def plot(comparison: dict[str, Any], path: str | Path, title: str) -> None:
         hi = np.array([100 * s["wilson95"][1] if s else np.nan for s in stats])
         y = np.arange(len(rows)) + (j - (len(labels) - 1) / 2) * width
         ax.barh(y, rates, height=width, xerr=[rates - lo, hi - rates], capsize=2, label=label)
-    names = {
-        t: next(
-            r["summary"]["per_task"][t]["instruction"] for r in runs.values() if t in r["summary"]["per_task"]
-        )
-        for t in tasks
-    }
     ax.set_yticks(range(len(rows)), [f"{t}: {names[t][:48]}" for t in tasks] + ["all tasks"], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)

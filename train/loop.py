@@ -796,49 +796,40 @@ def _load_init(model, path: str, action_tokenizer, info) -> None:
 
 
 def _load_warm_start(model, path: str, info) -> None:
-    """Start from the weights of a dfm-vla policy folder whose model config matches this run's."""
-    from safetensors.torch import load_file
+    """Start from the weights of a dfm-vla policy folder (read by ``load_pretrained``) whose model config
+    matches this run's."""
+    from dfm_vla.policy.checkpoint import load_pretrained
 
-    from dfm_vla.policy.checkpoint import WEIGHTS_FILE, read_config
-
-    folder = Path(path)
     try:
-        saved_cfg, _ = read_config(folder)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"warm_start: {err}") from None
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"warm_start {folder}: no {WEIGHTS_FILE}")
-    mismatched = [
-        name
-        for name in (
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "num_action_slots",
-            "state_dim",
-            "attention",
-            "objective",
-        )
-        if getattr(saved_cfg, name) != getattr(model.config, name)
-    ]
+        saved = load_pretrained(path).model
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"warm_start: {err}") from None
+    fields = (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_action_slots",
+        "state_dim",
+        "attention",
+        "objective",
+    )
+    mismatched = [n for n in fields if getattr(saved.config, n) != getattr(model.config, n)]
     if mismatched:
         detail = ", ".join(
-            f"{n}: {getattr(saved_cfg, n)!r} vs {getattr(model.config, n)!r}" for n in mismatched
+            f"{n}: {getattr(saved.config, n)!r} vs {getattr(model.config, n)!r}" for n in mismatched
         )
-        raise ValueError(f"warm_start {folder}: its model config differs from this run's ({detail})")
-    state = load_file(str(weights))
-    own = model.state_dict()
+        raise ValueError(f"warm_start {path}: its model config differs from this run's ({detail})")
+    state, own = saved.state_dict(), model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     missing = [k for k in own if k not in state]
     if bad or missing:
         raise ValueError(
-            f"warm_start {weights}: weights do not fit this model (unexpected or mis-shaped "
+            f"warm_start {path}: weights do not fit this model (unexpected or mis-shaped "
             f"{bad[:5]}, missing {missing[:5]})"
         )
     model.load_state_dict(state)
     if info.is_main:
-        print(f"warm_start: weights from {folder}")
+        print(f"warm_start: weights from {path}")
 
 
 def _should_stop(elapsed: float, budget: float, info) -> bool:
