@@ -185,6 +185,12 @@ class DFMPolicy:
         """True when the model reads ``obs["images"]`` (a rollout then renders them before each plan)."""
         return bool(self.config.image_views)
 
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """(height, width) in pixels of the images the policy was trained on; None if not recorded."""
+        hw = (self.config.extra or {}).get("image_hw")
+        return (int(hw[0]), int(hw[1])) if hw and self.uses_images else None
+
     def reset(self, seed: int | None = None) -> None:
         """Start new episodes: drop queued actions; with ``seed``, re-seed (env i gets ``seed + i``)."""
         self._queues = [deque() for _ in self._queues]

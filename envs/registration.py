@@ -61,3 +61,15 @@ def make_env(name: str, **kwargs: Any) -> gym.Env:
         limit = kwargs.pop("max_episode_steps")
         spec = dataclasses.replace(spec, kwargs={**spec.kwargs, "max_episode_steps": limit})
     return gym.make(spec, **kwargs)
+
+
+def env_init_parameters(name: str) -> set[str]:
+    """Keyword arguments the env class registered as ``name`` accepts (imports its module)."""
+    import importlib
+    import inspect
+
+    if name not in ENV_SPECS:
+        raise ValueError(f"unknown env name {name!r}; expected one of: {', '.join(sorted(ENV_SPECS))}")
+    module_name, class_name = ENV_SPECS[name][0].split(":")
+    env_class = getattr(importlib.import_module(module_name), class_name)
+    return set(inspect.signature(env_class.__init__).parameters) - {"self"}

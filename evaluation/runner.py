@@ -101,6 +101,7 @@ def run_protocol(
 def setup(cfg: RunConfig) -> tuple[Any, Any, Protocol]:
     """Build (env, policy, protocol) for ``cfg`` in the calling process."""
     from dfm_vla.envs import make_env
+    from dfm_vla.envs.registration import env_init_parameters
 
     if cfg.torch_threads:
         import torch
@@ -113,7 +114,12 @@ def setup(cfg: RunConfig) -> tuple[Any, Any, Protocol]:
         camera_mode = "on_demand"
     else:
         camera_mode = "none"
-    env = make_env(cfg.env, camera_mode=camera_mode, **cfg.env_kwargs)
+    env_kwargs = dict(cfg.env_kwargs)
+    image_hw = getattr(policy, "image_hw", None)
+    if image_hw is not None and camera_mode != "none" and "image_size" in env_init_parameters(cfg.env):
+        # Render at the training images' size: resizing a larger render is not the same picture.
+        env_kwargs.setdefault("image_size", image_hw[0] if image_hw[0] == image_hw[1] else image_hw)
+    env = make_env(cfg.env, camera_mode=camera_mode, **env_kwargs)
     if policy is None:
         policy = ExpertPolicy(cfg.env, env)
     base = env.unwrapped

@@ -245,3 +245,41 @@ def test_expert_success_rate_over_50_seeds_is_at_least_90_percent(name, expert):
     env = make_env(name).unwrapped
     successes = sum(run_expert(env, expert, seed)[2]["success"] for seed in range(1000, 1050))
     assert successes >= 45, f"{name}: expert succeeded in {successes}/50"
+
+
+def test_image_policy_trained_on_agilex_demos_is_evaluated_at_the_demo_image_size(tmp_path, repo_root):
+    """collect (32 x 32 images) -> train an image policy for 2 steps -> eval renders at 32 x 32."""
+    import json
+
+    from _models import MICRO
+
+    from dfm_vla import cli
+    from dfm_vla.agents.dfm_policy import DFMPolicy
+    from dfm_vla.evaluation.policies import PolicySpec
+    from dfm_vla.evaluation.runner import RunConfig, setup
+
+    demos, policy_dir = tmp_path / "demos", tmp_path / "policy"
+    collect = ["collect", "--env", "agilex_place_block", "--episodes", "2", "--images", "--image-size", "32"]
+    assert cli.main([*collect, "--out", str(demos)]) == 0
+    train = ["train", "--config", str(repo_root / "configs/tiny_agilex.yaml"), "--data", str(demos)]
+    model = json.dumps({**MICRO, "image_size": 32, "patch_size": 8, "execute_horizon": 4})
+    for override in ("val_fraction=0", "batch_size=4", f"model_overrides={model}"):
+        train += ["--set", override]
+    assert cli.main([*train, "--out", str(policy_dir), "--max-steps", "2"]) == 0
+    policy = DFMPolicy.from_pretrained(policy_dir)
+    assert policy.uses_images and policy.image_hw == (32, 32) and policy.action_dim == 14
+
+    spec = PolicySpec("checkpoint", str(policy_dir))
+    env, policy, _ = setup(RunConfig("agilex_place_block", spec, tmp_path / "x"))
+    assert env.unwrapped.image_size == (32, 32) and env.unwrapped.camera_mode == "on_demand"
+    obs, _ = env.reset(seed=0)
+    obs = {**obs, "images": env.unwrapped.render_images()}
+    action = policy.act(obs)
+    assert action.shape == (14,) and np.isfinite(action).all()
+    env.close()
+
+    out = tmp_path / "eval"
+    args = ["eval", "--env", "agilex_place_block", "--policy", str(policy_dir), "--episodes-per-task", "1"]
+    assert cli.main([*args, "--max-steps", "8", "--num-envs", "1", "--out", str(out)]) == 0
+    (episode,) = json.loads((out / "results.json").read_text())["episodes"]
+    assert episode["length"] == 8 and episode["plans"] == 2 and not episode["success"]

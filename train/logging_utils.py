@@ -71,7 +71,8 @@ def plot_curves(history: dict[str, list], path: str | Path, title: str = "") -> 
     ax_acc.set_xlabel("optimizer step")
     ax_acc.set_ylabel("token accuracy")
     ax_acc.set_ylim(0, 1)
-    ax_acc.legend()
+    if ax_acc.get_legend_handles_labels()[0]:  # no validation split: nothing to label
+        ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

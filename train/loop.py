@@ -153,8 +153,11 @@ class PrefixBuilder:
 # ----------------------------------------------------------------------------------------------------
 
 
-def model_config_for(cfg: TrainConfig, state_dim: int):
-    """The model preset with the training config's choices (objective, inputs, overrides) applied."""
+def model_config_for(cfg: TrainConfig, state_dim: int, image_hw: tuple[int, int] | None = None):
+    """The model preset with the training config's choices (objective, inputs, overrides) applied.
+
+    image_hw: (height, width) of the training images in pixels, saved so that evaluation renders at it.
+    """
     from dfm_vla.policy.config import get_config
 
     overrides = dict(cfg.model_overrides)
@@ -169,6 +172,8 @@ def model_config_for(cfg: TrainConfig, state_dim: int):
     extra["metric_path"] = metric_path_settings(cfg)
     extra["state_keys"] = list(cfg.state_keys)
     extra["image_keys"] = list(cfg.image_keys)
+    if image_hw is not None:
+        extra["image_hw"] = [int(image_hw[0]), int(image_hw[1])]
     overrides["extra"] = extra
     if cfg.init_from:
         from dfm_vla.policy.univla_loader import univla_model_config
@@ -467,7 +472,8 @@ class Trainer:
 
         # Model: the same initial weights on every rank.
         torch.manual_seed(cfg.seed)
-        model_cfg = model_config_for(cfg, data.train.state_dim)
+        image_hw = data.train.images.shape[2:4] if data.train.images is not None else None
+        model_cfg = model_config_for(cfg, data.train.state_dim, image_hw)
         self.text_tokenizer = _text_tokenizer(cfg, model_cfg)
         model = build_model(
             model_cfg, self.tokenizer, self.text_tokenizer, state_dim=data.train.state_dim, device=info.device
