@@ -301,6 +301,7 @@ class LiberoEnv(gym.Env):
         saved_rng = np.random.get_state()
         try:
             np.random.seed(int(placement_seed))
+            restore_fixture_poses(self._inner.env)
             self._inner.reset()
         finally:
             np.random.set_state(saved_rng)
@@ -396,3 +397,20 @@ class LiberoEnv(gym.Env):
             self._inner.close()
             self._inner = None
         super().close()
+
+
+def restore_fixture_poses(inner_env: Any) -> None:
+    """Put LIBERO's fixtures (cabinet, stove, ...) back at their XML pose before a soft reset.
+
+    With ``hard_reset=False`` the sim is reused, and LIBERO places an object that starts on a fixture
+    (a bowl on the stove or in a drawer) at the fixture's new position plus the site's *current* world
+    position, which already holds the fixture's previous placement: the offset counts twice and the
+    object spawns in the air, beside the table or below it. A hard reset starts from the XML pose
+    (origin, identity rotation); so do we. The 50 official initial states are unaffected (they set the
+    whole sim state after the reset); random placements (``placement_seed``) of such objects become right.
+    """
+    model = inner_env.sim.model
+    for fixture in inner_env.fixtures_dict.values():
+        body = model.body_name2id(fixture.root_body)
+        model.body_pos[body] = 0.0
+        model.body_quat[body] = (1.0, 0.0, 0.0, 0.0)
