@@ -19,6 +19,9 @@ from dfm_vla.evaluation.policies import ExpertPolicy, PolicySpec, build_model_po
 from dfm_vla.evaluation.video import video_name, write_mp4
 
 VIDEO_MODES = ("none", "failures", "all")
+# `collect` seeds demo i of task t with base * 1e6 + t * 1e4 + i (envs.collect.episode_seed): below 1e9 for
+# base seeds under 1000. Evaluation episodes of envs with random placements use seeds from 1e9 on.
+HELD_OUT_SEED_OFFSET = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,16 @@ def episode_specs(
             f"--episodes-per-task {episodes_per_task}: the env has {protocol.num_init_states} official "
             "initial states per task"
         )
+    # Envs without official initial states place their objects from the episode seed: start those seeds
+    # at HELD_OUT_SEED_OFFSET, above every seed `collect` gives a demo, so no evaluation placement is a
+    # training placement. (LIBERO's episodes start from the official states; their seeds only drive the
+    # policy's sampling and stay as they were.)
+    offset = HELD_OUT_SEED_OFFSET if protocol.num_init_states is None else 0
     return [
         EpisodeSpec(
             task_id=t,
             init_state_id=i if protocol.num_init_states is not None else None,
-            seed=seed * 1_000_003 + t * 1_000 + i,
+            seed=offset + seed * 1_000_003 + t * 1_000 + i,
         )
         for t in tasks
         for i in range(episodes_per_task)

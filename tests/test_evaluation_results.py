@@ -70,6 +70,16 @@ def test_episode_specs_follow_the_protocol_and_refuse_bad_tasks():
         episode_specs(Protocol(10, 50), None, 51, 0)
 
 
+def test_random_placement_episodes_never_reuse_a_demo_seed():
+    """AgileX-style envs place objects from the seed: evaluation must not replay training placements."""
+    from dfm_vla.envs.collect import episode_seed
+
+    demo_seeds = {episode_seed(base, t, i) for base in (0, 1, 999) for t in range(3) for i in range(200)}
+    for seed in (0, 1, 7):
+        specs = episode_specs(Protocol(num_tasks=3, num_init_states=None), None, 40, seed=seed)
+        assert len({s.seed for s in specs}) == 120 and not demo_seeds & {s.seed for s in specs}
+
+
 def test_dashboard_falls_back_to_plain_lines_without_a_terminal():
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=False, width=120)
