@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from dfm_vla.evaluation.results import ResultsFile
+from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task, wilson_interval
 from dfm_vla.evaluation.runner import RunConfig, setup
 
 
@@ -140,9 +140,25 @@ def run_chains(args: Any, cfg: RunConfig, meta: dict[str, Any], num_chains: int,
     finally:
         env.close()
     s = results.summary()
-    print(
-        f"average length {s['avg_len']:.3f} over {s['num_chains']} chains; "
-        + " ".join(f"SR{i} {100 * s[f'sr_{i}']:.1f}%" for i in range(1, 6))
+    line = f"average length {s['avg_len']:.3f} over {s['num_chains']} chains; " + " ".join(
+        f"SR{i} {100 * s[f'sr_{i}']:.1f}%" for i in range(1, 6)
     )
+    print(line)
+    plot_success_by_task(task_summary(s), results.path.parent / "success_by_task.png", f"{args.env}: {line}")
     print(f"results: {results.path}")
     return 0
+
+
+def task_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """CALVIN's per-task counts as the per-task summary the LIBERO plots read (``per_task``, ``overall``):
+    a task's rate is over the chains that reached it, so late tasks have few attempts."""
+    per_task = {}
+    for task, counts in summary["task_counts"].items():
+        ok, n = counts.get("success", 0), counts.get("success", 0) + counts.get("fail", 0)
+        per_task[task] = {
+            "instruction": f"{ok}/{n}",
+            "success_rate": ok / n,
+            "wilson95": list(wilson_interval(ok, n)),
+        }
+    rates = [v["success_rate"] for v in per_task.values()]
+    return {"per_task": per_task, "overall": {"mean_task_success_rate": sum(rates) / max(len(rates), 1)}}

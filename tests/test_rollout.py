@@ -105,6 +105,7 @@ def test_calvin_chains_are_saved_per_chain_and_resume(tmp_path, repo_root):
     assert [c["index"] for c in saved["episodes"]] == [0]
     assert saved["summary"]["avg_len"] == 0.0 and saved["meta"]["chains"] == 1
     assert saved["summary"]["task_counts"] == {"rotate_blue_block_right": {"fail": 1}}
+    assert (out / "success_by_task.png").stat().st_size > 0  # per task, over the chains that reached it
 
     more = _cli(
         "eval",
