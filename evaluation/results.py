@@ -150,8 +150,9 @@ def plot_success_by_task(summary: dict[str, Any], path: str | Path, title: str) 
     tasks = summary["per_task"]
     labels = [f"{k}: {_short(v['instruction'])}" for k, v in tasks.items()]
     rates = [100 * v["success_rate"] for v in tasks.values()]
-    lo = [r - 100 * v["wilson95"][0] for r, v in zip(rates, tasks.values(), strict=True)]
-    hi = [100 * v["wilson95"][1] - r for r, v in zip(rates, tasks.values(), strict=True)]
+    # max(0, ...): at 0/n or n/n the interval's end and the rate may differ by a rounding error
+    lo = [max(0.0, r - 100 * v["wilson95"][0]) for r, v in zip(rates, tasks.values(), strict=True)]
+    hi = [max(0.0, 100 * v["wilson95"][1] - r) for r, v in zip(rates, tasks.values(), strict=True)]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(labels) + 1.5))
     ax.barh(range(len(labels)), rates, xerr=[lo, hi], color="#4c72b0", capsize=3)
     overall = 100 * summary["overall"]["mean_task_success_rate"]
