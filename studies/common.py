@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dfm_vla.studies.cells import EvalSpec, RunOptions
+from dfm_vla.studies.cells import Cell, EvalSpec, RunOptions, load_finished, run_cells
 from dfm_vla.train.config import add_overrides_argument
 
 DEFAULT_CONFIG = "configs/tiny_libero_goal.yaml"
@@ -64,6 +64,12 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_out: str) -> N
         "--dry-run",
         action="store_true",
         help="list the cells and which are finished; train and evaluate nothing",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the table and plot from the cells finished so far; train and evaluate nothing "
+        "(a study cut short: the cells left out are named in the notes)",
     )
 
 
@@ -155,3 +161,16 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def out_dir(args: argparse.Namespace, default: str) -> Path:
     return Path(args.out or default)
+
+
+def cell_results(cells: list[Cell], out: Path, args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """Run ``cells`` (finished ones are reused) and return their results; with ``--report-only`` read the
+    finished ones only. Also returns notes naming the cells left out (none when every cell ran)."""
+    if not args.report_only:
+        return run_cells(cells, out, run_options(args)), []
+    done = [(cell, load_finished(cell, out)) for cell in cells]
+    results = [result for _, result in done if result is not None]
+    missing = [cell.key for cell, result in done if result is None]
+    if not results:
+        raise ValueError(f"--report-only: no finished cells in {out} (run the study first, or check --out)")
+    return results, [f"not run (the study was cut short): {', '.join(missing)}"] if missing else []

@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from dfm_vla.studies import common
-from dfm_vla.studies.cells import Cell, TrainSpec, cell_status, run_cells
+from dfm_vla.studies.cells import Cell, TrainSpec, cell_status
 from dfm_vla.studies.report import aggregate, per_seed_points, plot_data_scale, write_study
 
 NAME = "data_scale"
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = build_cells(args)
     if args.dry_run:
         return dry_run(cells, out)
-    results = run_cells(cells, out, common.run_options(args))
-    return report(results, out, args)
+    results, left_out = common.cell_results(cells, out, args)
+    return report(results, out, args, left_out)
 
 
 def dry_run(cells: list[Cell], out) -> dict[str, Any]:
@@ -86,7 +86,9 @@ def dry_run(cells: list[Cell], out) -> dict[str, Any]:
     return {"study": "dry-run", "out": str(out), "rows": rows}
 
 
-def report(results: list[dict[str, Any]], out, args: argparse.Namespace) -> dict[str, Any]:
+def report(
+    results: list[dict[str, Any]], out, args: argparse.Namespace, left_out: list[str] = ()
+) -> dict[str, Any]:
     rows = aggregate(results, GROUP_BY)
     seeds = per_seed_points(results, GROUP_BY)
     title = f"data scale, {args.env}: success vs share of demos"
@@ -96,6 +98,7 @@ def report(results: list[dict[str, Any]], out, args: argparse.Namespace) -> dict
         "every cell: the same model config and the same optimizer-step budget; decoder = training objective",
         "a seed sets the initialisation, batch order and which demos form each share (nested within a seed)",
         "success_% pools all episodes of all seeds (Wilson 95% interval); seed_* columns: spread over seeds",
+        *left_out,
     ]
     plot = out / f"{NAME}.png"
     plot_data_scale(rows, seeds, plot, title)

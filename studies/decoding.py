@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dfm_vla.studies import common
-from dfm_vla.studies.cells import Cell, cell_status, run_cells
+from dfm_vla.studies.cells import Cell, cell_status
 from dfm_vla.studies.report import aggregate, plot_bars, write_study
 
 NAME = "decoding"
@@ -111,10 +111,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.dry_run:
         rows = [{"cell": c.key, **c.labels, "status": cell_status(c, out)} for c in cells]
         return {"study": "dry-run", "out": str(out), "rows": rows}
-    by_key = {r["key"]: r for r in run_cells(cells, out, common.run_options(args))}
+    results, left_out = common.cell_results(cells, out, args)
+    by_key = {r["key"]: r for r in results}
     labelled = [
         {**by_key[key], "labels": {"ablation": ablation, "setting": label, "seed": seed}}
         for ablation, label, key, seed in entries
+        if key in by_key
     ]
     # One policy, nothing trained per cell: the training columns would be empty.
     rows = [
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split: T_fine + T_val = 16; steps: total model calls per chunk, T_val = max(1, total // 8); "
         f"schedule: c and alpha of beta_t at decoding time, {args.base_steps[0]}+{args.base_steps[1]} steps",
         "ms_per_chunk: median over episodes of the median planning time (prefix + all refinement steps)",
+        *left_out,
     ]
     plot = out / f"{NAME}.png"
     plot_bars(rows, "setting", plot, title, group_key="ablation", panels=("success", "ms"))

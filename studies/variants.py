@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 from dfm_vla.studies import common
-from dfm_vla.studies.cells import Cell, run_cells
+from dfm_vla.studies.cells import Cell
 from dfm_vla.studies.data_scale import dry_run, training_cell
 from dfm_vla.studies.report import aggregate, per_seed_points, plot_bars, write_study
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cells = build_cells(args)
     if args.dry_run:
         return dry_run(cells, out)
-    results = run_cells(cells, out, common.run_options(args))
+    results, left_out = common.cell_results(cells, out, args)
     rows = aggregate(results, GROUP_BY)
     title = f"DFM variants, {args.env}: embedding-guided velocity vs rate head"
     notes = [
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{args.episodes_per_task or 'full protocol'}, tasks: {args.tasks or 'all'}, seeds: {args.seeds}",
         "same data, model size, seeds and optimizer-step budget; both decode with the DFM sampler",
         "val_loss is each objective's own validation loss: the two are not on the same scale",
+        *left_out,
     ]
     plot = out / f"{NAME}.png"
     plot_bars(

@@ -182,6 +182,13 @@ def test_three_studies_end_to_end_at_toy_size_and_finished_cells_are_reused(tmp_
         == 2
     )
     assert "eval.episodes_per_task: 2 vs 3" in capsys.readouterr().err
+    # A study cut short reports what finished and names what did not, training nothing.
+    cut = ["study", "data-scale", "--fractions", "0.5,1.0", "--decoders", "dfm", *train_args, "--report-only"]
+    assert cli.main([*cut, *TOY_PROTOCOL.split(), "--json", str(tmp_path / "cut.json")]) == 0
+    report = json.loads((tmp_path / "cut.json").read_text())
+    assert [(r["fraction"], r["decoder"]) for r in report["rows"]] == [(1.0, "dfm")]
+    assert "not run (the study was cut short): frac0.5-dfm-seed0" in (out / "data_scale.md").read_text()
+    assert not (out / "cells/frac0.5-dfm-seed0").exists()
 
     # Variants in the same folder: DFM+Embed is the data-scale DFM cell, only DFM+Head trains.
     assert cli.main(["study", "variants", *train_args, *TOY_PROTOCOL.split()]) == 0
