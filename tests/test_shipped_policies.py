@@ -45,3 +45,27 @@ def test_shipped_policy_is_small_and_acts_on_a_libero_goal_observation(name, rep
         env.close()
     assert agent.num_plans == 2
     assert all(a.shape == (7,) and np.isfinite(a).all() and np.abs(a).max() <= 1.0 for a in actions)
+
+
+@pytest.mark.parametrize(
+    ("folder", "env_name"),
+    [("checkpoints/agilex_tiny_dfm", "agilex_place_veg"), ("checkpoints/calvin_d_tiny_dfm", "calvin_d")],
+)
+def test_agilex_and_calvin_policies_act_in_their_env_as_evaluation_sets_it_up(folder, env_name, repo_root):
+    """The AgileX policy reads three 64 x 64 cameras (evaluation renders at that size); CALVIN's, state."""
+    from dfm_vla.evaluation.policies import PolicySpec
+    from dfm_vla.evaluation.runner import RunConfig, setup
+
+    assert (repo_root / folder / "MODEL_CARD.md").is_file()
+    env, agent, _ = setup(RunConfig(env_name, PolicySpec("checkpoint", str(repo_root / folder)), "unused"))
+    try:
+        obs, _ = env.reset(seed=0)
+        if agent.uses_images:
+            assert agent.image_hw == (64, 64) and env.unwrapped.image_size == (64, 64)
+            obs = {**obs, "images": env.unwrapped.render_images()}
+        action = agent.act(obs)
+    finally:
+        env.close()
+    low, high = env.action_space.low, env.action_space.high
+    assert action.shape == env.action_space.shape and np.isfinite(action).all()
+    assert np.all(action >= low - 1e-6) and np.all(action <= high + 1e-6)
