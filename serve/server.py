@@ -30,6 +30,7 @@ import http
 import itertools
 import json
 import logging
+import signal
 import threading
 import time
 from collections import deque
@@ -608,7 +609,22 @@ def main(args) -> int:
         flush=True,
     )
     try:
-        asyncio.run(server.serve_forever())
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
+        asyncio.run(serve_until_signalled(server))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        pass
+    print("stopped", flush=True)
     return 0
+
+
+async def serve_until_signalled(server: PolicyServer) -> None:
+    """Serve until SIGINT (Ctrl-C) or SIGTERM (``docker stop``, ``kill``), then shut down cleanly: the
+    signal resolves the server's stop future instead of interrupting whatever code is running."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    try:
+        await server.serve_forever(stop=stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -222,7 +222,8 @@ def test_health_answers_without_the_model(tiny_dir):
         assert policy.num_plans == before == 0
 
 
-def test_serve_command_runs_and_stops_on_ctrl_c(tiny_dir, repo_root):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_runs_and_stops_on_ctrl_c_or_sigterm(stop_signal, tiny_dir, repo_root):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "cli.py", "serve", "--policy", str(tiny_dir), "--port", str(port), "--threads", "1"],
@@ -245,7 +246,7 @@ def test_serve_command_runs_and_stops_on_ctrl_c(tiny_dir, repo_root):
             obs = example_observation(remote.metadata["observation"])
             assert remote.act(obs).shape == (7,)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "serving tiny-" in out and f"listening on ws://127.0.0.1:{port}" in out and "stopped" in out
