@@ -51,9 +51,7 @@ def register_envs() -> None:
 
 def make_env(name: str, **kwargs: Any) -> gym.Env:
     """Create the env registered as ``name``; an unknown name lists the known ones."""
-    if name not in ENV_SPECS:
-        known = ", ".join(sorted(ENV_SPECS)) or "(none registered)"
-        raise ValueError(f"unknown env name {name!r}; expected one of: {known}")
+    _check_known(name)
     register_envs()
     spec = gym.spec(name)
     if "max_episode_steps" in kwargs:
@@ -68,8 +66,13 @@ def env_init_parameters(name: str) -> set[str]:
     import importlib
     import inspect
 
-    if name not in ENV_SPECS:
-        raise ValueError(f"unknown env name {name!r}; expected one of: {', '.join(sorted(ENV_SPECS))}")
+    _check_known(name)
     module_name, class_name = ENV_SPECS[name][0].split(":")
     env_class = getattr(importlib.import_module(module_name), class_name)
     return set(inspect.signature(env_class.__init__).parameters) - {"self"}
+
+
+def _check_known(name: str) -> None:
+    if name not in ENV_SPECS:
+        known = ", ".join(sorted(ENV_SPECS)) or "(none registered)"
+        raise ValueError(f"unknown env name {name!r}; expected one of: {known}")

@@ -610,7 +610,7 @@ def main(args) -> int:
     )
     try:
         asyncio.run(serve_until_signalled(server))
-    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+    except KeyboardInterrupt:  # a Ctrl-C before serve_until_signalled installed its handlers
         pass
     print("stopped", flush=True)
     return 0

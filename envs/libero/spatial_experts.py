@@ -61,6 +61,14 @@ BOWL_RADIUS = 0.055
 # Hand box in the grip-site frame (x: finger axis, y: across, z: the approach direction, away from the
 # wrist), metres.
 HAND_LO, HAND_HI = np.array([-0.105, -0.04, -0.126]), np.array([0.105, 0.04, -0.024])
+# A grid over that box (11 x 3 x 3 points), checked against the obstacles for every candidate hand pose.
+HAND_GRID = np.stack(
+    np.meshgrid(
+        *(np.linspace(lo, hi, n) for lo, hi, n in zip(HAND_LO, HAND_HI, (11, 3, 3), strict=True)),
+        indexing="ij",
+    ),
+    -1,
+).reshape(-1, 3)
 TILTED = np.radians(20.0)  # bowl axis further than this from vertical: tilted grasp
 NON_OBSTACLE_ROOTS = ("world", "table", "robot0_base")
 
@@ -110,10 +118,8 @@ class Boxes:
 
 
 def hand_points(grip: np.ndarray, R: np.ndarray) -> np.ndarray:
-    """A grid over the hand box of a grip-site pose (world points)."""
-    axes = [np.linspace(lo, hi, n) for lo, hi, n in zip(HAND_LO, HAND_HI, (11, 3, 3), strict=True)]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    return grip + grid @ R.T
+    """``HAND_GRID`` at a grip-site pose (world points)."""
+    return grip + HAND_GRID @ R.T
 
 
 def tilt_rotation(axis: np.ndarray) -> np.ndarray:
