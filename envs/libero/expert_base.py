@@ -79,6 +79,13 @@ class ScriptContext:
         qpos = self.env._state()[6:8]
         return float(qpos[0] - qpos[1])
 
+    def finger_gap_target(self) -> float:
+        """Finger opening (m) the gripper's actuators are driving to. robosuite's Panda gripper moves this
+        target 1 cm per env step in the sign of the gripper action (0 holds it); the fingers lag it by
+        2-3 steps, so stopping on ``finger_gap`` overshoots by 3-4 cm."""
+        command = self.env.inner.env.robots[0].gripper.current_action[1]  # -1 open .. +1 closed
+        return float(0.04 * (1.0 - command))
+
     # ------------------------------------------------------------------ control law
     def action(self, target: np.ndarray, vmax: float = 1.0) -> np.ndarray:
         """P-control toward ``target`` (position) and ``self.R_target``; gripper holds ``self.grip``."""

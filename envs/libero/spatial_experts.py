@@ -15,9 +15,12 @@ One script for all 10 tasks, driven by the bowl's pose and the collision boxes o
 - Rim pinch (the high-friction pads across the wall, the finger axis through the bowl's centre so it
   hangs level), for a bowl wedged in its support (on the stove, held by about 200 N of burner contacts)
   and for one at the far edge of the reach (the rim's near side is 5 cm closer to the robot); also the
-  retry when an internal grasp does not lift the bowl.
+  retry when an internal grasp does not lift the bowl. A wedged bowl that a pinch does not lift is
+  pinched once more (one that has risen a little is lifted further before it is judged).
 - A bowl at the far edge of the reach with no room for a pinch (the drawer) is dragged 2.5 cm toward the
-  robot with the closed fingers before the internal grasp.
+  robot with the closed fingers before the internal grasp, which then re-centres on the bowl.
+- The fingers of an internal grasp of an upright bowl are pressed down while they open (against the
+  sloping wall they would ride up to the lip).
 - A bowl partly under an overhang (the drawer's back edge 0-3 mm under the cabinet roof) is slid clear
   before it is lifted.
 - The carry follows the straight line to the plate at a height profile that clears the boxes along it,
@@ -39,6 +42,11 @@ RIM_HEIGHT = 0.053  # bowl rim top above its origin (the bottom centre), along i
 # Internal grasp: grip site this far below the rim, deepest first (the finger tips reach 0.9 cm below the
 # grip site and the hand's underside is 2.4 cm above it; a shallow grip holds the bowl by its lip only).
 RIM_BELOW = (0.016, 0.012, 0.008)
+# Clearance (m) the hand keeps from the boxes in an internal grasp: in the drawer the hand's underside
+# passes 4-8 mm over the drawer's walls at the two deeper grips (a grip 8 mm under the rim holds only the
+# lip and the bowl slips out of the fingers as it is lifted)
+INSIDE_MARGIN = 0.005
+PRESS_IN = 0.01  # metres below the grip the hand is servoed to while an internal grasp opens
 PINCH_RADIUS = 0.052  # rim pinch: grip site on the wall, PINCH_BELOW under the rim (deepest first)
 PINCH_BELOW = (0.018, 0.012)
 APERTURES = (0.078, 0.05, 0.04)  # finger openings a pinch may approach with (fully open first), metres
@@ -56,6 +64,8 @@ OUTER_FINGER = np.stack(
 # beyond which the arm is nearly straight (measured: 0.75-0.76 reached, 0.81 stalled).
 REACH, WRIST_ABOVE_GRIP = 0.755, 0.2
 DRAG_IN, DRAG = 0.025, 0.025  # metres: see ``grasp``
+LIFT_STARTED, LIFTED = 0.005, 0.015  # metres the bowl rose: it is coming free, it is held
+PEEL = np.radians(15.0)  # tip of a wedged bowl while it is lifted (see ``peel``)
 WEDGED_LOAD = 2.0  # N of contact force on the bowl (it weighs 0.06 N) that marks it as wedged
 BOWL_RADIUS = 0.055
 # Hand box in the grip-site frame (x: finger axis, y: across, z: the approach direction, away from the
@@ -156,7 +166,7 @@ def plan_inside(boxes: Boxes, origin: np.ndarray, tilt: np.ndarray, yaws) -> tup
     for below in RIM_BELOW:
         grip = origin + (RIM_HEIGHT - below) * tilt[:, 2]
         for yaw in yaws:
-            hits = boxes.hit_points(hand_points(grip, tilt @ rot_z(yaw) @ R_DOWN), 0.008)
+            hits = boxes.hit_points(hand_points(grip, tilt @ rot_z(yaw) @ R_DOWN), INSIDE_MARGIN)
             if hits == 0:
                 return grip, float(yaw)
             if hits < fewest:
@@ -229,15 +239,16 @@ def bowl_on_plate(c: ScriptContext) -> Script:
     axis = tilt[:, 2]
     # A bowl whose bottom is wedged in a support (on the stove the burner's zero-thickness collision box
     # runs through the bowl's base: about 200 N of opposing contact forces) is beyond the 8-10 N of an
-    # internal grasp: pinch its rim with the high-friction pads instead. An internal grasp
-    # that does not lift the bowl is retried as a pinch.
+    # internal grasp: pinch its rim with the high-friction pads instead (twice if need be). An internal
+    # grasp that does not lift the bowl is retried as a pinch.
     # An internal grasp of a bowl near the edge of the workspace (the table's far +x end) would stretch the
     # arm straight (a singular pose: the descent stalls 1 cm short and the arm cannot come back): there
     # the pinch on the rim's near side, 5 cm closer to the robot, goes first.
     wrist = origin + [0, 0, RIM_HEIGHT + WRIST_ABOVE_GRIP] - c.body("robot0_link2")
     far = np.linalg.norm(wrist) > REACH
-    if not tilted and contact_load(c, f"{BOWL}_main") > WEDGED_LOAD:
-        modes = ["pinch"]
+    wedged = not tilted and contact_load(c, f"{BOWL}_main") > WEDGED_LOAD
+    if wedged:
+        modes = ["pinch", "pinch"]
     elif far:
         modes = ["pinch", "inside"]
     else:
@@ -247,23 +258,40 @@ def bowl_on_plate(c: ScriptContext) -> Script:
         if (
             mode == "pinch"
             and far
-            and len(modes) > 1
+            and "inside" in modes
             and plan_pinch(boxes, origin, hand_yaws(c, origin), c.body("robot0_base"), strict=True) is None
         ):
             continue  # no room for a pinch (the drawer): drag the bowl nearer with an internal grasp instead
         yaw, release = yield from grasp(c, boxes, origin, tilt, mode, drag=far and mode == "inside")
         yield from slide_clear(c, boxes, origin)
-        yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
-        if c.obj(BOWL)[2] > z0 + 0.015:
+        if wedged:
+            yield from peel(c, origin)
+        else:
+            yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
+        if z0 + LIFT_STARTED < c.obj(BOWL)[2] <= z0 + LIFTED:
+            # a pinched bowl comes free of its support late (it hangs up to 2 cm lower in the pads than
+            # where it was gripped): it is on its way, lift further before judging
+            yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
+        if c.obj(BOWL)[2] > z0 + LIFTED:
             break
         yield from c.set_grip(release, 8)  # not lifted: let go and back off upward
         yield from c.move(c.eef() + [0, 0, 0.05], tol=0.01, rot_tol=3.0, max_steps=15)
         origin = c.obj(BOWL)
-    if tilted:  # clear of the ramekin, turn it upright while it is carried
+    if tilted or wedged:  # clear of the ramekin (or peeled off the stove), turn it upright while carried
         yield from c.move(c.eef() + [0, 0, 0.02], vmax=0.6, tol=0.01, rot_tol=3.0, max_steps=10)
         c.R_target = rot_z(yaw) @ R_DOWN
         c.rot_limit = 0.5
     yield from carry_to_plate(c, boxes, release)
+
+
+def peel(c: ScriptContext, origin: np.ndarray) -> Script:
+    """Lift a bowl pinched by its near rim while tipping it ``PEEL`` rad about its far side, so that its
+    base comes off a wedging support (the stove's burner) one side first."""
+    radial = np.array([*(c.eef()[:2] - origin[:2]), 0.0])
+    radial /= max(np.linalg.norm(radial), 1e-9)
+    tip = Rotation.from_rotvec(np.cross(radial, [0.0, 0.0, 1.0]) * PEEL).as_matrix()
+    c.R_target = tip @ c.R_target
+    yield from c.move(c.eef() + [0, 0, 0.03] - 0.01 * radial, vmax=0.6, tol=0.008, rot_tol=0.1, max_steps=20)
 
 
 def grasp(
@@ -273,7 +301,8 @@ def grasp(
     ``origin`` (its axis ``tilt[:, 2]``); returns the hand's yaw and the gripper command that lets go.
 
     ``drag`` (an internal grasp of a bowl at the edge of the reach, in the drawer): the closed fingers go
-    in DRAG_IN off-centre toward the robot, drag the bowl DRAG m toward it and re-centre before opening."""
+    in DRAG_IN off-centre toward the robot, drag the bowl DRAG m toward it and re-centre on it before
+    opening."""
     axis = tilt[:, 2]
     if axis[2] < np.cos(TILTED):
         # finger axis along the tilt's own (horizontal) axis, the gripper leaning onto the bowl's axis;
@@ -313,18 +342,25 @@ def grasp(
         yield from c.move(grip_in + 0.06 * axis, vmax=0.6, tol=0.008, rot_tol=0.08, max_steps=30)
         yield from c.precise(c.move(grip_in, vmax=0.5, tol=0.005, rot_tol=0.05, max_steps=50))
         yield from c.precise(c.move(grip_in + DRAG * toward, vmax=0.4, tol=0.005, max_steps=30))
-        grip = grip + DRAG * toward
+        grip = grip + c.obj(BOWL) - origin  # re-centre on the bowl (it may slide less than DRAG)
     yield from c.precise(c.move(grip, vmax=0.5, tol=0.004, rot_tol=0.05, max_steps=50))
-    yield from c.set_grip(hold, 15 if mode == "pinch" else 10)
+    if mode == "pinch":
+        yield from c.set_grip(hold, 15)
+    else:  # fingers opening against an upright bowl's sloping inner wall ride up it: press them down
+        # while they open (not into a leaning bowl: that pushes it off the ramekin)
+        c.grip = hold
+        press = PRESS_IN if axis[2] >= np.cos(TILTED) else 0.0
+        yield from c.precise(c.hold(10, grip - press * axis))
     return yaw, release
 
 
 def set_aperture(c: ScriptContext, script: Script, aperture: float) -> Script:
     """Run ``script`` while closing the open fingers to an opening of ``aperture`` m and holding it there
-    (gripper command 0 keeps the last finger target)."""
+    (steered on the actuators' target, which leads the fingers; gripper command 0 holds it)."""
     for action in script:
         action = action.copy()
-        action[6] = CLOSE if c.finger_gap() > aperture else 0.0
+        error = c.finger_gap_target() - aperture
+        action[6] = CLOSE if error > 0.005 else OPEN if error < -0.005 else 0.0
         yield action
     c.grip = 0.0
 
