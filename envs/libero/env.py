@@ -21,6 +21,8 @@ controller (gripper -1 open, +1 close). Out-of-range actions are clipped and cou
 Reset options: ``task_id`` (when the env serves all tasks of a suite), ``init_state_id`` (0..49, one of
 the benchmark's official initial states; None = random placement from the benchmark's own sampler,
 seeded from the env's RNG) and ``placement_seed`` (int, overrides the seed of the placement sampler).
+A random placement that throws an object off the table while it settles is drawn again from a derived
+seed; ``info["placement_seed"]`` is the seed used and ``info["placement_redraws"]`` counts the redraws.
 The protocol constants live in ``dfm_vla.envs.libero.protocol``.
 """
 
@@ -43,6 +45,10 @@ CAMERA_MODES = ("none", "every_step", "on_demand")
 LANGUAGE_CHARSET = string.ascii_letters + string.digits + " ,.;:'\"-_()/&!?"
 LANGUAGE_MAX_LENGTH = 512
 _INSTABILITY_WARNINGS = ("mjWARN_BADQACC", "mjWARN_BADQPOS", "mjWARN_BADQVEL")
+# A random placement with an object that drops more than FALLEN_DROP m while it settles (thrown off the
+# table; LIBERO places objects about 7 cm above their support) is drawn again, up to
+# MAX_PLACEMENT_REDRAWS times (see ``LiberoEnv.reset``).
+FALLEN_DROP, MAX_PLACEMENT_REDRAWS = 0.15, 10
 
 
 class LiberoEnv(gym.Env):
@@ -297,18 +303,27 @@ class LiberoEnv(gym.Env):
         for robot in self._inner.env.robots:
             if robot.has_gripper:
                 robot.gripper.current_action = np.zeros(robot.gripper.dof)
-        # robosuite's placement samplers draw from numpy's global RNG: seed it for this reset only.
-        saved_rng = np.random.get_state()
-        try:
-            np.random.seed(int(placement_seed))
-            restore_fixture_poses(self._inner.env)
-            self._inner.reset()
-        finally:
-            np.random.set_state(saved_rng)
-        if init_state_id is not None:
-            self._inner.set_init_state(suites.init_states(self.suite, int(task_id))[int(init_state_id)])
-        for _ in range(self.settle_steps):
-            self._inner.step(protocol.SETTLE_ACTION)
+        for redraw in range(MAX_PLACEMENT_REDRAWS + 1):
+            # robosuite's placement samplers draw from numpy's global RNG: seed it for this reset only.
+            saved_rng = np.random.get_state()
+            try:
+                np.random.seed(int(placement_seed))
+                restore_fixture_poses(self._inner.env)
+                self._inner.reset()
+            finally:
+                np.random.set_state(saved_rng)
+            if init_state_id is not None:
+                self._inner.set_init_state(suites.init_states(self.suite, int(task_id))[int(init_state_id)])
+            placed = self._object_heights()
+            for _ in range(self.settle_steps):
+                self._inner.step(protocol.SETTLE_ACTION)
+            fell = placed - self._object_heights() > FALLEN_DROP
+            if init_state_id is not None or not fell.any() or redraw == MAX_PLACEMENT_REDRAWS:
+                break
+            # LIBERO's sampler keeps objects' footprints apart but not their meshes: now and then an
+            # object is placed into another and thrown off the table while it settles. Draw again, from
+            # a seed derived from this one (the official initial states never do this).
+            placement_seed = int(np.random.SeedSequence([placement_seed, redraw]).generate_state(1)[0] >> 1)
         self._warning_counts = self._instability_counts()
         self._steps = 0
         self._n_clipped = 0
@@ -318,6 +333,7 @@ class LiberoEnv(gym.Env):
             "task_id": int(task_id),
             "init_state_id": -1 if init_state_id is None else int(init_state_id),
             "placement_seed": int(placement_seed),
+            "placement_redraws": int(redraw),
             "n_clipped_actions": 0,
         }
         return self._obs(), dict(self._last_info)
@@ -356,6 +372,10 @@ class LiberoEnv(gym.Env):
             info["failure_reason"] = failure_reason
         obs = self._obs() if not failure_reason else self._safe_obs()
         return obs, float(success), terminated, truncated, info
+
+    def _object_heights(self) -> np.ndarray:
+        """World z (m) of each movable object's body, BDDL order."""
+        return np.array([self._inner.sim.data.body_xpos[i][2] for i in self._object_body_ids])
 
     def _instability_counts(self) -> np.ndarray:
         import mujoco
