@@ -246,7 +246,7 @@ def test_spatial_expert_hard_placements(task_id, seeds):
     e = make_env("libero_spatial", task_id=task_id)
     expert = load_expert("libero_spatial")
     for seed in seeds:
-        demo, info = run_expert_episode(e, expert, seed=seed)
+        _, info = run_expert_episode(e, expert, seed=seed)
         assert info["success"], f"libero_spatial task {task_id}, seed {seed}: the expert failed"
     e.close()
 

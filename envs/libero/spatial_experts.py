@@ -264,14 +264,11 @@ def bowl_on_plate(c: ScriptContext) -> Script:
             continue  # no room for a pinch (the drawer): drag the bowl nearer with an internal grasp instead
         yaw, release = yield from grasp(c, boxes, origin, tilt, mode, drag=far and mode == "inside")
         yield from slide_clear(c, boxes, origin)
-        if wedged:
-            yield from peel(c, origin)
-        else:
-            yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
+        yield from (peel(c, origin) if wedged else lift(c))
         if z0 + LIFT_STARTED < c.obj(BOWL)[2] <= z0 + LIFTED:
             # a pinched bowl comes free of its support late (it hangs up to 2 cm lower in the pads than
             # where it was gripped): it is on its way, lift further before judging
-            yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
+            yield from lift(c)
         if c.obj(BOWL)[2] > z0 + LIFTED:
             break
         yield from c.set_grip(release, 8)  # not lifted: let go and back off upward
@@ -282,6 +279,11 @@ def bowl_on_plate(c: ScriptContext) -> Script:
         c.R_target = rot_z(yaw) @ R_DOWN
         c.rot_limit = 0.5
     yield from carry_to_plate(c, boxes, release)
+
+
+def lift(c: ScriptContext) -> Script:
+    """Raise the hand 3 cm (orientation as it is) to see whether the grasp holds the bowl."""
+    yield from c.move(c.eef() + [0, 0, 0.03], vmax=0.6, tol=0.008, rot_tol=3.0, max_steps=15)
 
 
 def peel(c: ScriptContext, origin: np.ndarray) -> Script:
@@ -304,7 +306,8 @@ def grasp(
     in DRAG_IN off-centre toward the robot, drag the bowl DRAG m toward it and re-centre on it before
     opening."""
     axis = tilt[:, 2]
-    if axis[2] < np.cos(TILTED):
+    upright = axis[2] >= np.cos(TILTED)
+    if not upright:
         # finger axis along the tilt's own (horizontal) axis, the gripper leaning onto the bowl's axis;
         # of the two equivalent yaws the one in [pi/2, 3pi/2) (measured on the ramekin bowl: the other
         # drives joint 7 to its 2.9 limit and the approach stalls)
@@ -349,7 +352,7 @@ def grasp(
     else:  # fingers opening against an upright bowl's sloping inner wall ride up it: press them down
         # while they open (not into a leaning bowl: that pushes it off the ramekin)
         c.grip = hold
-        press = PRESS_IN if axis[2] >= np.cos(TILTED) else 0.0
+        press = PRESS_IN if upright else 0.0
         yield from c.precise(c.hold(10, grip - press * axis))
     return yaw, release
 
