@@ -229,7 +229,14 @@ class DFMPolicy:
 
     # ---- acting ------------------------------------------------------------------------------------------
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """The next action (action_dim,) float32 for one env (env 0 of :meth:`act_batch`)."""
+        """The next action (action_dim,) float32 for one env (env 0 of :meth:`act_batch`).
+
+        ``obs`` is checked before each plan (:mod:`dfm_vla.policy.processor`); a ``ValueError`` naming
+        the key is raised for a missing key, a wrong shape or dtype, a state value that is NaN, inf or
+        beyond 1e6 in magnitude (a units or wiring bug, never a robot state), and an empty
+        ``obs["language"]`` for a language-conditioned policy. Finite states outside the training
+        statistics are accepted without a warning: the policy then acts out of distribution.
+        """
         if not isinstance(obs, Mapping):
             raise ValueError(
                 f"obs: expected a dict with 'language', 'images', state keys; got {type(obs).__name__}"

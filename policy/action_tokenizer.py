@@ -43,13 +43,14 @@ Saved folder: ``action_tokenizer.json`` (kind, config, normaliser, fit statistic
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dfm_vla.policy.file_checks import REDO, action_tokenizer_fields, field, read_json
 
 TOKENIZER_FILE = "action_tokenizer.json"
 NUM_SPECIAL_TOKENS = 4  # pad, boa, eoa, mask
@@ -391,22 +392,21 @@ def load_action_tokenizer(directory: str | os.PathLike) -> ActionTokenizer:
         raise FileNotFoundError(f"{directory}: expected a tokenizer folder holding {TOKENIZER_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected the file written by ActionTokenizer.save, not found")
+    data = read_json(path)
+    kind, sizes, norm = action_tokenizer_fields(path, data, sorted(kinds))
+    cls = kinds[kind]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        kind = data["kind"]
-        if kind not in kinds:
-            raise ValueError(f"{path}: 'kind' expected one of {sorted(kinds)}, got {kind!r}")
-        cls = kinds[kind]
-        tok = cls(cls.config_class(**data["config"]))
-        tok._horizon, tok._action_dim = int(data["horizon"]), int(data["action_dim"])
-        tok._num_slots, tok._num_action_tokens = int(data["num_slots"]), int(data["num_action_tokens"])
-        tok.normalizer = ActionNormalizer.from_dict(data["normalizer"])
-        tok.fit_stats = dict(data.get("fit_stats", {}))
-        tok._load_state(data.get("state", {}), directory)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: corrupt tokenizer file ({type(err).__name__}: {err})") from err
-    if tok.normalizer.low.shape != (tok.action_dim,) or tok.normalizer.high.shape != (tok.action_dim,):
-        raise ValueError(f"{path}: normalizer low/high expected shape ({tok.action_dim},)")
+        tok = cls(cls.config_class(**field(path, data, "config", "dict")))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: 'config' does not describe a {kind!r} tokenizer ({err})") from None
+    tok._horizon, tok._action_dim = sizes["horizon"], sizes["action_dim"]
+    tok._num_slots, tok._num_action_tokens = sizes["num_slots"], sizes["num_action_tokens"]
+    tok.normalizer = ActionNormalizer.from_dict(norm)
+    tok.fit_stats = dict(field(path, data, "fit_stats", "dict", optional=True) or {})
+    try:
+        tok._load_state(field(path, data, "state", "dict", optional=True) or {}, directory)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: 'state' is corrupt ({type(err).__name__}: {err}); {REDO}") from None
     return tok
 
 

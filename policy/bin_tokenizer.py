@@ -57,6 +57,16 @@ class BinActionTokenizer(ActionTokenizer):
             "truncation_rate": 0.0,
         }
 
+    def _load_state(self, state: dict, directory) -> None:
+        """The saved sizes must be the ones ``_fit`` derives (bins from num_bins, one slot per value)."""
+        slots, tokens = self.horizon * self.action_dim, self.config.num_bins
+        if self._num_slots != slots or self._num_action_tokens != tokens:
+            raise ValueError(
+                f"{directory}/action_tokenizer.json: 'num_slots' {self._num_slots} and 'num_action_tokens' "
+                f"{self._num_action_tokens} do not fit a bin tokenizer of horizon x action_dim = {slots} "
+                f"slots and {tokens} bins"
+            )
+
     def _encode_normalized(self, normalized: np.ndarray) -> np.ndarray:
         bins = np.floor((normalized + 1.0) / self.bin_width).astype(np.int64)
         return np.clip(bins, 0, self.config.num_bins - 1).reshape(normalized.shape[0], -1)

@@ -14,7 +14,7 @@ leaves a half-written checkpoint (an existing one is replaced only once the new 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,6 +25,15 @@ from typing import Any
 import torch
 
 from dfm_vla.policy.config import ModelConfig
+from dfm_vla.policy.file_checks import (
+    REDO,
+    check_tensors,
+    check_type,
+    field,
+    finite_numbers,
+    load_safetensors,
+    read_json,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -33,6 +42,7 @@ ACTION_TOKENIZER_DIR = "action_tokenizer"
 TEXT_TOKENIZER_DIR = "text_tokenizer"
 IMAGE_TOKENIZER_DIR = "image_tokenizer"
 FORMAT = "dfm_vla.policy"
+VERSION = 1
 
 
 @dataclass
@@ -83,7 +93,7 @@ def save_pretrained(
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         atomic_write_json(
             tmp / CONFIG_FILE,
-            {"format": FORMAT, "version": 1, "model": config.to_dict(), "extra": extra or {}},
+            {"format": FORMAT, "version": VERSION, "model": config.to_dict(), "extra": extra or {}},
         )
         action_tokenizer.save(tmp / ACTION_TOKENIZER_DIR)
         if text_tokenizer is not None:
@@ -114,7 +124,7 @@ def replace_path(new: Path, target: Path) -> None:
 
 
 def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
-    """(ModelConfig, extra) of a checkpoint folder, with readable errors for a wrong folder."""
+    """(ModelConfig, extra) of a checkpoint folder; ValueError naming the file and field when it is bad."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
     if not directory.is_dir():
@@ -123,22 +133,102 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
         )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; {directory} is not a dfm_vla policy checkpoint")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json(path)
     if data.get("format") != FORMAT:
         raise ValueError(
             f"{path}: 'format' is {data.get('format')!r}, expected {FORMAT!r} "
             "(a UniVLA/Emu3 checkpoint in Hugging "
             "Face layout loads with dfm_vla.policy.univla_loader instead)"
         )
-    return ModelConfig.from_dict(data["model"]), dict(data.get("extra", {}))
+    version = data.get("version")
+    if version != VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"{path}: 'version' is {version!r}, expected {VERSION} (this dfm-vla reads version {VERSION} "
+            "checkpoints; a newer one needs a newer dfm-vla)"
+        )
+    model = field(path, data, "model", "dict")
+    extra = field(path, data, "extra", "dict", optional=True) or {}
+    _check_model_fields(path, model)
+    try:
+        return ModelConfig.from_dict(model), dict(extra)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"{path}: 'model': {err}") from None
+
+
+def _check_model_fields(path: Path, model: dict[str, Any]) -> None:
+    """Each known field of ``model`` has the JSON type of its ModelConfig annotation (None where allowed)."""
+    kinds = {"bool": "bool", "int": "int", "float": "number", "str": "str", "tuple": "list", "dict": "dict"}
+    for f in dataclasses.fields(ModelConfig):
+        types = [t.strip().split("[")[0] for t in str(f.type).split("|")]
+        value = model.get(f.name)
+        if f.name not in model or (value is None and "None" in types) or types[0] not in kinds:
+            continue
+        check_type(path, f"model.{f.name}", value, kinds[types[0]])
+        if types[0] == "tuple":
+            for i, item in enumerate(value):
+                check_type(path, f"model.{f.name}[{i}]", item, "str")
+
+
+def read_norm_stats(path: Path, config: ModelConfig) -> dict[str, Any]:
+    """``normalization.json`` checked against ``config`` ({} when the file is absent)."""
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    state = field(path, data, "state", "dict", optional=True)
+    if state is not None:
+        length = config.state_dim or None
+        for key in ("mean", "std", "q01", "q99"):
+            if key in ("mean", "std") or key in state:
+                finite_numbers(path, f"state.{key}", field(path, state, key, "list", "state."), length)
+        negative = [i for i, s in enumerate(state["std"]) if s < 0]
+        if negative:
+            raise ValueError(f"{path}: 'state.std[{negative[0]}]' is negative, expected >= 0; {REDO}")
+    keys = field(path, data, "state_keys", "list", optional=True)
+    if keys is not None and config.state_dim and list(keys) != list(config.state_keys):
+        raise ValueError(
+            f"{path}: 'state_keys' is {keys}, but {CONFIG_FILE} reads state keys {list(config.state_keys)}"
+        )
+    action = field(path, data, "action", "dict", optional=True)
+    if action is not None:
+        low = finite_numbers(path, "action.low", field(path, action, "low", "list", "action."))
+        finite_numbers(path, "action.high", field(path, action, "high", "list", "action."), len(low))
+    return data
+
+
+def _check_tokenizers(
+    directory: Path, config: ModelConfig, action_tokenizer: Any, text_tokenizer: Any
+) -> None:
+    """The tokenizers fit the model config (sizes written by save_pretrained)."""
+    from dfm_vla.policy.action_tokenizer import TOKENIZER_FILE
+
+    sizes = {
+        "action_vocab_size": action_tokenizer.vocab_size,
+        "num_action_slots": action_tokenizer.num_slots,
+        "action_horizon": action_tokenizer.horizon,
+        "action_dim": action_tokenizer.action_dim,
+    }
+    for name, size in sizes.items():
+        if getattr(config, name) and getattr(config, name) != size:
+            raise ValueError(
+                f"{directory / ACTION_TOKENIZER_DIR / TOKENIZER_FILE}: gives {name} {size}, but "
+                f"{directory / CONFIG_FILE} says 'model.{name}' {getattr(config, name)}; the folder mixes "
+                "files of two checkpoints"
+            )
+    if text_tokenizer is not None and text_tokenizer.vocab_size > config.text_vocab_size:
+        raise ValueError(
+            f"{directory / TEXT_TOKENIZER_DIR}: vocabulary of {text_tokenizer.vocab_size} tokens, but "
+            f"{directory / CONFIG_FILE} says 'model.text_vocab_size' {config.text_vocab_size}; the folder "
+            "mixes files of two checkpoints"
+        )
 
 
 def load_pretrained(
     directory: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
 ) -> PolicyBundle:
-    """Load a folder written by :func:`save_pretrained` into a :class:`PolicyBundle` (model in eval mode)."""
-    from safetensors.torch import load_file
+    """Load a folder written by :func:`save_pretrained` into a :class:`PolicyBundle` (model in eval mode).
 
+    Every file is checked first: a corrupt, truncated or mismatched one raises ``ValueError`` naming it.
+    """
     from dfm_vla.policy.action_tokenizer import load_action_tokenizer
     from dfm_vla.policy.model import DFMVLA
     from dfm_vla.policy.processor import PolicyProcessor
@@ -151,16 +241,13 @@ def load_pretrained(
         raise FileNotFoundError(f"{weights}: missing; the checkpoint has no weights")
     action_tokenizer = load_action_tokenizer(directory / ACTION_TOKENIZER_DIR)
     text_tokenizer = TextTokenizer.load(directory / TEXT_TOKENIZER_DIR) if config.use_text else None
-    norm_path = directory / NORMALIZATION_FILE
-    norm_stats = json.loads(norm_path.read_text(encoding="utf-8")) if norm_path.is_file() else {}
+    _check_tokenizers(directory, config, action_tokenizer, text_tokenizer)
+    norm_stats = read_norm_stats(directory / NORMALIZATION_FILE, config)
     with torch.device(device):
         model = DFMVLA(config)
-    state = load_file(str(weights), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{weights}: weights do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}"
-        )
+    state = load_safetensors(weights, device=str(device))
+    check_tensors(weights, state, model.state_dict(), f"the model of {CONFIG_FILE}")
+    model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype)
     model.eval()

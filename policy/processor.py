@@ -6,9 +6,11 @@ An observation is a dict::
      "images": {view: (H, W, 3) uint8},                # the views in ModelConfig.image_views (if any)
      "state": (S1,) float, "object_state": (S2,) ...}  # the keys in ModelConfig.state_keys (if state_dim)
 
-The processor checks every key (missing keys, wrong shapes or dtypes, NaN, an instruction longer than
-``max_text_tokens``) and raises ``ValueError`` naming the key and what was expected. State vectors are
-concatenated in ``state_keys`` order and normalised with the checkpoint's statistics
+The processor checks every key (missing keys, wrong shapes or dtypes, NaN or inf, state values beyond
+``MAX_STATE_MAGNITUDE`` = 1e6, an empty instruction or one longer than ``max_text_tokens``) and raises
+``ValueError`` naming the key and what was expected. Finite states inside that bound but outside the
+training statistics are accepted: the policy then acts out of distribution, which is the caller's call.
+State vectors are concatenated in ``state_keys`` order and normalised with the checkpoint's statistics
 (``(x - mean) / std``, std floored at 1e-6). Images stay uint8 here; the model's patch encoder (or, at
 full scale, the VQ image tokenizer run here) turns them into tokens.
 """
@@ -24,6 +26,8 @@ import torch
 
 from dfm_vla.policy.config import ModelConfig
 from dfm_vla.policy.text_tokenizer import TextTokenizer, pad_batch
+
+MAX_STATE_MAGNITUDE = 1e6  # |state value| above this is an error (units or memory bug), not a robot state
 
 
 @dataclass
@@ -120,6 +124,11 @@ class PolicyProcessor:
         text = obs["language"]
         if not isinstance(text, str):
             raise ValueError(f"obs{where}['language']: expected a str, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(
+                f"obs{where}['language']: empty instruction; this policy is language-conditioned, "
+                "expected the task's instruction (e.g. 'open the top drawer of the cabinet')"
+            )
         ids = self.text_tokenizer.encode(text)
         if len(ids) > self.config.max_text_tokens:
             raise ValueError(
@@ -169,7 +178,15 @@ class PolicyProcessor:
                     f"obs{where}[{key!r}]: expected a 1-D float vector, got {value.dtype} {value.shape}"
                 )
             if not np.isfinite(value).all():
-                raise ValueError(f"obs{where}[{key!r}]: contains NaN or inf")
+                bad = int(np.flatnonzero(~np.isfinite(value))[0])
+                raise ValueError(f"obs{where}[{key!r}]: contains NaN or inf ({value[bad]} at index {bad})")
+            if (np.abs(value) > MAX_STATE_MAGNITUDE).any():
+                bad = int(np.flatnonzero(np.abs(value) > MAX_STATE_MAGNITUDE)[0])
+                raise ValueError(
+                    f"obs{where}[{key!r}][{bad}]: {value[bad]:.3g} is no plausible state value "
+                    f"(|x| > {MAX_STATE_MAGNITUDE:.0e}); expected the env's units (m, rad) the policy was "
+                    "trained on: check the obs key and its units"
+                )
             parts.append(value.astype(np.float64))
         state = np.concatenate(parts)
         if state.shape != (self.config.state_dim,):

@@ -15,7 +15,6 @@ and AgileX instructions). Regenerate with ``python -m dfm_vla.policy.text_tokeni
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
 
@@ -106,39 +105,65 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> TextTokenizer:
+        """Load a folder written by :meth:`save`; ValueError naming the file and field when it is bad."""
+        from dfm_vla.policy.file_checks import REDO, check_type, field, read_json
+
         directory = Path(directory)
         path = directory / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: expected a text tokenizer config ({CONFIG_FILE}), not found")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("vocab_file", "special_tokens"):
-            if key not in data:
-                raise ValueError(f"{path}: missing field {key!r}")
-        vocab = directory / data["vocab_file"]
+        data = read_json(path)
+        vocab_file = field(path, data, "vocab_file", "str")
+        specials = field(path, data, "special_tokens", "dict")
+        for name, value in specials.items():
+            if check_type(path, f"special_tokens.{name}", value, "int") < 0:
+                raise ValueError(f"{path}: 'special_tokens.{name}' is {value}, expected an id >= 0")
+        for key in ("pat_str", "pad_token", "bos_token", "eos_token"):
+            if data.get(key) is not None:
+                check_type(path, key, data[key], "str")
+        if not vocab_file or Path(vocab_file).name != vocab_file:
+            raise ValueError(f"{path}: 'vocab_file' is {vocab_file!r}, expected a file name in {directory}")
+        vocab = directory / vocab_file
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab}: the vocabulary file named in {path} is missing")
-        return cls(
-            ranks=load_ranks(vocab),
-            special_tokens={k: int(v) for k, v in data["special_tokens"].items()},
-            pat_str=data.get("pat_str", PAT_STR),
-            pad_token=data.get("pad_token", "<|pad|>"),
-            bos_token=data.get("bos_token"),
-            eos_token=data.get("eos_token"),
-            vocab_file=data["vocab_file"],
-        )
+        ranks = load_ranks(vocab)
+        clash = sorted(set(specials.values()) & set(ranks.values()))
+        if clash:
+            raise ValueError(f"{path}: 'special_tokens' reuse id {clash[0]}, a token of {vocab}; {REDO}")
+        try:
+            return cls(
+                ranks=ranks,
+                special_tokens=specials,
+                pat_str=data.get("pat_str") or PAT_STR,
+                pad_token=data.get("pad_token") or "<|pad|>",
+                bos_token=data.get("bos_token"),
+                eos_token=data.get("eos_token"),
+                vocab_file=vocab_file,
+            )
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
 
 def load_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     """Read a tiktoken rank file (``base64(token) rank`` per line)."""
     ranks: dict[bytes, int] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: corrupt vocabulary file, not UTF-8 text ({err})") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            token, rank = base64.b64decode(token), int(rank)
         except ValueError as err:
             raise ValueError(f"{path}:{n}: expected 'base64token rank', got {line[:60]!r}") from err
+        if token in ranks or rank < 0:
+            raise ValueError(f"{path}:{n}: token repeated or rank negative ({line[:60]!r}); corrupt file")
+        ranks[token] = rank
+    if len(set(ranks.values())) != len(ranks):
+        raise ValueError(f"{path}: a rank appears twice; corrupt vocabulary file")
     if not ranks:
         raise ValueError(f"{path}: empty vocabulary file")
     return ranks

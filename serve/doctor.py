@@ -286,6 +286,9 @@ def check_libero(suites: tuple[str, ...] = LIBERO_SUITES) -> list[Check]:
         ]
     import numpy as np
 
+    from dfm_vla.envs.libero.quiet import quiet_macro_notice
+
+    quiet_macro_notice()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             from libero.libero import benchmark, get_libero_path

@@ -121,7 +121,11 @@ def test_bad_observations_raise_errors_that_name_the_key(checkpoints):
         ({**good, "language": "pick " * 40}, r"\['language'\]: instruction is \d+ tokens"),
         ({k: v for k, v in good.items() if k != "object_state"}, r"\['object_state'\]: missing"),
         ({**good, "state": np.zeros((2, 4))}, r"\['state'\]: expected a 1-D float vector"),
+        ({**good, "language": ""}, r"obs\['language'\]: empty instruction"),
+        ({**good, "language": "  "}, r"obs\['language'\]: empty instruction"),
         ({**good, "state": np.full(STATE, np.nan)}, r"\['state'\]: contains NaN"),
+        ({**good, "object_state": np.r_[0.0, np.inf, 0.0, 0.0]}, r"\['object_state'\]: .*inf at index 1"),
+        ({**good, "state": np.r_[np.zeros(STATE - 1), 1e30]}, r"\['state'\]\[7\]: 1e\+30 is no plausible"),
         ({**good, "state": np.zeros(STATE - 1)}, r"expected 12 numbers in total, got 11"),
     ]
     for obs, message in cases:

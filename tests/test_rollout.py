@@ -93,6 +93,38 @@ def test_eval_writes_results_and_rollout_resumes_without_recomputing(tiny_policy
     assert final[1]["spec"] == episodes[1]["spec"]
 
 
+def test_a_first_rollout_prints_no_robosuite_macro_notice(tmp_path, repo_root):
+    """A fresh install has no robosuite/macros_private.py; `rollout` must not nag about it (module
+    dfm_vla.envs.libero.quiet), neither in the main process nor in the env workers it spawns."""
+    pytest.importorskip("libero")
+    shown = _cli("rollout", "--help", cwd=repo_root)
+    assert shown.returncode == 0 and "--episodes-per-task" in shown.stdout
+    args = ["--env", "libero_goal", "--tasks", "0", "--episodes-per-task", "1", "--max-steps", "8"]
+    run = _cli("rollout", *args, "--num-envs", "2", "--out", tmp_path / "run", cwd=repo_root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[1/1] task 0 init 0" in run.stdout
+    for out in (shown, run):
+        assert "macro" not in out.stdout + out.stderr and "robosuite WARNING" not in out.stderr
+
+
+def test_other_robosuite_warnings_still_print(caplog):
+    import logging
+
+    from dfm_vla.envs.libero.quiet import ROBOSUITE_LOGGER, quiet_macro_notice
+
+    quiet_macro_notice()
+    logger = logging.getLogger(ROBOSUITE_LOGGER)
+    with caplog.at_level(logging.WARNING):
+        logger.warning("No private macro file found!")
+        logger.warning("To setup, run: python /x/robosuite/scripts/setup_macros.py")
+        logger.warning("Controller config missing: using the default")
+        logger.error("MuJoCo simulation unstable")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Controller config missing: using the default",
+        "MuJoCo simulation unstable",
+    ]
+
+
 def test_calvin_chains_are_saved_per_chain_and_resume(tmp_path, repo_root):
     policy = _tiny_policy(tmp_path / "policy", state_dim=15)  # CALVIN state = robot_obs (15)
     out = tmp_path / "calvin"

@@ -9,7 +9,6 @@ files beyond ``keep`` are removed. Resuming reads ``latest.json``.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -121,14 +120,52 @@ def _step_of(path: Path) -> int:
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     """The file ``latest.json`` points at, or the highest ``step_*.pt``; ``None`` if there is none."""
+    from dfm_vla.policy.file_checks import field, read_json
+
     directory = Path(out_dir) / CHECKPOINT_DIR
     pointer = directory / LATEST_FILE
     if pointer.exists():
-        path = directory / json.loads(pointer.read_text())["file"]
+        try:
+            name = field(pointer, read_json(pointer), "file", "str")
+        except ValueError as err:
+            raise ValueError(f"{err} (or delete it: --resume then takes the newest step_*.pt)") from None
+        if Path(name).name != name:
+            raise ValueError(f"{pointer}: 'file' is {name!r}, expected a file name in {directory}")
+        path = directory / name
         if path.exists():
             return path
     files = sorted(directory.glob("step_*.pt"), key=_step_of)
     return files[-1] if files else None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a ``step_<N>.pt``; ValueError naming the file when it is corrupt or incomplete."""
+    import pickle
+
+    import torch
+
+    from dfm_vla.policy.file_checks import check_type, field, file_size
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(
+            f"{path}: corrupt or truncated training checkpoint ({file_size(path)}): {str(err)[:200]}; "
+            "delete it to resume from the newest step_*.pt left"
+        ) from None
+    check_type(path, "payload", payload, "dict")
+    for key, kind in (
+        ("step", "int"),
+        ("model", "dict"),
+        ("optimizer", "dict"),
+        ("rng", "list"),
+        ("sampler", "dict"),
+    ):
+        field(path, payload, key, kind)
+    return payload
 
 
 def load_checkpoint(
@@ -137,28 +174,41 @@ def load_checkpoint(
     """Load ``path`` into ``model``/``optimizer``/``scheduler`` and restore this rank's RNG.
 
     Returns the payload's ``step``, ``sampler`` and ``extra``. The world size must match the one
-    that wrote the checkpoint (data position and RNG are per rank).
+    that wrote the checkpoint (data position and RNG are per rank). A corrupt file, or one whose
+    tensors do not fit ``model``, raises ``ValueError`` naming the file (and the tensor).
     """
-    import torch
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        set_state_dict,
+    )
+
+    from dfm_vla.policy.file_checks import check_tensors
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path}: no such file")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(path)
     saved_world = int(payload.get("world_size", 1))
     if saved_world != world_size:
         raise ValueError(
             f"checkpoint {path}: world_size: written by {saved_world} processes, resumed with {world_size}; "
             "resume with the same number of processes"
         )
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=payload["model"],
-        optim_state_dict=payload["optimizer"],
-        options=StateDictOptions(full_state_dict=True),
-    )
+    if len(payload["rng"]) != saved_world:
+        raise ValueError(
+            f"{path}: 'rng' holds {len(payload['rng'])} states, expected {saved_world} (one per rank)"
+        )
+    own = get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
+    check_tensors(path, payload["model"], own, "this run's model")
+    try:
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=payload["model"],
+            optim_state_dict=payload["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{path}: 'optimizer' state does not fit this run's optimizer ({err})") from None
     if scheduler is not None and payload.get("scheduler") is not None:
         scheduler.load_state_dict(payload["scheduler"])
     restore_rng(payload["rng"][rank])
