@@ -82,6 +82,9 @@ class DFMPolicy:
     (config.steps_fine, steps_val); DD runs T_fine + T_val steps.
     cache: "auto" (exact prefix cache for prefix-LM models, adaptive for bidirectional ones), "prefix",
     "adaptive" or "none". execute_horizon: actions of each chunk used before re-planning (default: config).
+    warm_start: DFM only, refine each new chunk from the previous plan's unexecuted actions
+    (``policy/warm_start.py``) with the config's ``warm_start_t0`` / ``warm_start_steps_*``; the first
+    plan of an episode decodes cold. None: the checkpoint's ``warm_start``.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class DFMPolicy:
         execute_horizon: int | None = None,
         cache: str = "auto",
         schedule: tuple[float, float] | None = None,
+        warm_start: bool | None = None,
     ):
         self.bundle = bundle
         self.model = bundle.model
@@ -135,7 +139,19 @@ class DFMPolicy:
         self._path = None
         if decoder == "dfm":
             self.set_schedule(*(schedule or (None, None)))
+        self.warm_start = bool(self.config.warm_start if warm_start is None else warm_start)
+        if self.warm_start and (decoder != "dfm" or self.action_tokenizer.kind != "bins"):
+            raise ValueError(
+                "warm_start: needs the dfm decoder and a bins action tokenizer (one token per step and "
+                f"dimension); this policy decodes {decoder!r} over {self.action_tokenizer.kind!r} tokens"
+            )
+        if self.warm_start and self.execute_horizon >= horizon:
+            raise ValueError(
+                f"warm_start: needs execute_horizon < the chunk length {horizon} (unexecuted actions to "
+                f"refine from), got execute_horizon {self.execute_horizon}"
+            )
         self._queues: list[deque] = []
+        self._previous: list[np.ndarray | None] = []  # per env: tokens (L,) of its last plan (warm start)
         self._generators: list[torch.Generator] = []
         self.last_plan: PlanInfo | None = None
         self.num_plans = 0
@@ -194,6 +210,7 @@ class DFMPolicy:
     def reset(self, seed: int | None = None) -> None:
         """Start new episodes: drop queued actions; with ``seed``, re-seed (env i gets ``seed + i``)."""
         self._queues = [deque() for _ in self._queues]
+        self._previous = [None for _ in self._previous]
         if seed is not None:
             self.seed = int(seed)
             self._generators = []
@@ -206,6 +223,7 @@ class DFMPolicy:
         self._ensure_envs(env_index + 1)
         self._generators[env_index].manual_seed(int(seed))
         self._queues[env_index] = deque()
+        self._previous[env_index] = None
 
     @property
     def needs_plan(self) -> bool:
@@ -222,6 +240,8 @@ class DFMPolicy:
     def _ensure_envs(self, n: int) -> None:
         while len(self._queues) < n:
             self._queues.append(deque())
+        while len(self._previous) < n:
+            self._previous.append(None)
         while len(self._generators) < n:
             g = torch.Generator(device=self.device)
             g.manual_seed(self.seed + len(self._generators))
@@ -265,12 +285,33 @@ class DFMPolicy:
         return self._decode_chunks(env_indices, observations)
 
     def _plan(self, env_indices: list[int], observations: list[Mapping[str, Any]]) -> None:
-        chunks = self._decode_chunks(env_indices, observations)
-        for i, chunk in zip(env_indices, chunks, strict=True):
-            self._queues[i] = deque(chunk[: self.execute_horizon])
+        """Plan for these envs: cold ones (no previous plan, or warm start off) and warm ones as two groups,
+        so an env's chunk never depends on which other envs planned with it."""
+        obs = dict(zip(env_indices, observations, strict=True))
+        warm = [i for i in env_indices if self.warm_start and self._previous[i] is not None]
+        cold = [i for i in env_indices if i not in warm]
+        for group, is_warm in ((cold, False), (warm, True)):
+            if not group:
+                continue
+            guesses = None
+            if is_warm:
+                from dfm_vla.policy.warm_start import shifted_plan
+
+                previous = torch.as_tensor(np.stack([self._previous[i] for i in group]), device=self.device)
+                guesses = shifted_plan(previous, self.action_dim, self.execute_horizon)
+            chunks = self._decode_chunks(group, [obs[i] for i in group], guesses=guesses)
+            for row, (i, chunk) in enumerate(zip(group, chunks, strict=True)):
+                self._queues[i] = deque(chunk[: self.execute_horizon])
+                self._previous[i] = self.last_plan.tokens[row]
 
     @torch.no_grad()
-    def _decode_chunks(self, env_indices: list[int], observations: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def _decode_chunks(
+        self,
+        env_indices: list[int],
+        observations: Sequence[Mapping[str, Any]],
+        guesses: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """(B, H, action_dim) chunks; ``guesses`` (B, L) warm-starts DFM from those tokens (else cold)."""
         from dfm_vla.policy.samplers import ar_sample, dd_sample, dfm_sample
 
         model = self.model
@@ -314,7 +355,7 @@ class DFMPolicy:
                     device=self.device,
                 )
             else:
-                result = self._dfm(denoiser, batch, num_slots, generators, dfm_sample)
+                result = self._dfm(denoiser, batch, num_slots, generators, dfm_sample, guesses)
             model_calls = denoiser.num_calls
         _sync(self.device)
         refine_ms = 1e3 * (time.perf_counter() - start)
@@ -339,32 +380,53 @@ class DFMPolicy:
         return np.asarray(decoded.actions, dtype=np.float32).reshape(batch, self.action_tokenizer.horizon, -1)
 
     def _dfm(
-        self, denoiser: Any, batch: int, num_slots: int, generators: list[torch.Generator], dfm_sample
+        self,
+        denoiser: Any,
+        batch: int,
+        num_slots: int,
+        generators: list[torch.Generator],
+        dfm_sample,
+        guesses: torch.Tensor | None = None,
     ) -> Any:
         """DFM with one generator per env: a batch of one runs directly; several run in lock step (one
-        thread per env drives its own sampler, every model call is batched across them)."""
-        fine, val = self.steps
-        use_head = self.config.rate_head
+        thread per env drives its own sampler, every model call is batched across them). ``guesses``
+        (B, L): start each env from its guess noised to t0 (warm start) instead of from the source."""
+        from dfm_vla.policy.samplers import uniform_time_grid
+        from dfm_vla.policy.warm_start import warm_start_state
 
-        def sample(den: Callable, rate: Callable | None, gen: torch.Generator, b: int) -> Any:
+        cfg = self.config
+        use_head = cfg.rate_head
+        if guesses is None:
+            t_start, (fine, val) = 0.0, self.steps
+        else:
+            t_start, fine, val = cfg.warm_start_t0, cfg.warm_start_steps_fine, cfg.warm_start_steps_val
+        grid = uniform_time_grid(fine, t_start, device=self.device) if fine > 0 else None
+        t_val = cfg.val_time if cfg.val_time is not None else (float(grid[-2]) if fine > 0 else t_start)
+
+        def sample(den: Callable, rate: Callable | None, gen: torch.Generator, i: int) -> Any:
+            x0 = None if guesses is None else warm_start_state(self._path, guesses[i : i + 1], t_start, gen)
             return dfm_sample(
                 den,
                 self._path,
-                b,
+                1,
                 num_slots,
                 steps_fine=fine,
                 steps_val=val,
                 generator=gen,
+                x0=x0,
+                time_grid=grid,
+                t_val=t_val,
+                temperature=cfg.posterior_temperature,
                 rate_fn=rate,
                 device=self.device,
             )
 
         if batch == 1:
-            return sample(denoiser, denoiser.rate_fn if use_head else None, generators[0], 1)
+            return sample(denoiser, denoiser.rate_fn if use_head else None, generators[0], 0)
         lockstep = _Lockstep({"logits": denoiser, "rates": denoiser.rate_fn}, batch)
         results = lockstep.run(
             lambda i: sample(
-                lockstep.fn("logits", i), lockstep.fn("rates", i) if use_head else None, generators[i], 1
+                lockstep.fn("logits", i), lockstep.fn("rates", i) if use_head else None, generators[i], i
             )
         )
         from dfm_vla.policy.samplers import SampleResult

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
         "(default: the checkpoint that ships for --env)",
     )
     parser.add_argument("--remote", metavar="HOST:PORT", help="use a policy served by `cli.py serve`")
+    parser.add_argument(
+        "--round-trip",
+        metavar="TOKENIZER_DIR",
+        help="with --policy expert: send every action through this action tokenizer (encode, decode) first",
+    )
     parser.add_argument("--decoder", choices=("dfm", "dd", "ar"), help="decoder (default: the checkpoint's)")
     parser.add_argument("--steps", type=_steps, metavar="T_FINE,T_VAL", help="DFM steps, e.g. 14,2")
     parser.add_argument("--tasks", type=_int_list, help="comma-separated task ids (default: all)")
@@ -98,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         device=args.device,
+        round_trip=args.round_trip,
     )
     command = "rollout" if args._interactive else "eval"
     out = Path(args.out or f"runs/{command}/{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import dfm_vla
 
 # The checkpoints that ship in the repository, per env name (`rollout --env NAME` with no --policy).
@@ -27,9 +29,12 @@ class PolicySpec:
     schedule: tuple[float, float] | None = None  # DFM (c, alpha) of beta_t; None keeps the checkpoint's
     seed: int = 0
     device: str = "cpu"
+    round_trip: str | None = None  # experts: an action tokenizer folder every action passes through
 
     def describe(self) -> str:
-        return self.kind if self.kind == "expert" else f"{self.kind}:{self.path}"
+        if self.kind == "expert":
+            return f"expert through {self.round_trip}" if self.round_trip else "expert"
+        return f"{self.kind}:{self.path}"
 
 
 def policy_spec_from_args(env: str, policy: str | None, remote: str | None, **kw: Any) -> PolicySpec:
@@ -38,6 +43,8 @@ def policy_spec_from_args(env: str, policy: str | None, remote: str | None, **kw
         if policy:
             raise ValueError("pass either --policy or --remote, not both")
         return PolicySpec("remote", remote, **kw)
+    if kw.get("round_trip") and policy != "expert":
+        raise ValueError("--round-trip: only the scripted experts' actions can be sent through a tokenizer")
     if policy == "expert":
         return PolicySpec("expert", None, **kw)
     if policy is None:
@@ -53,12 +60,18 @@ def policy_spec_from_args(env: str, policy: str | None, remote: str | None, **kw
 
 
 class ExpertPolicy:
-    """A scripted expert behind the policy interface; it reads privileged state from its env."""
+    """A scripted expert behind the policy interface; it reads privileged state from its env.
+
+    round_trip: an action tokenizer folder (``action_tokenizer.json``, as in a policy checkpoint); every
+    action is encoded and decoded by it before the env runs it, so the success rate is the most a policy
+    with that tokenizer can reach (the tokenizer's ceiling). Per-step tokenizers (bins) only: the action
+    is tiled over the chunk and step 0 of the decoded chunk is executed.
+    """
 
     needs_plan = False
     uses_images = False
 
-    def __init__(self, env_name: str, env: Any):
+    def __init__(self, env_name: str, env: Any, round_trip: str | None = None):
         from dfm_vla.envs.registration import EXPERTS
 
         if env_name not in EXPERTS:
@@ -66,12 +79,30 @@ class ExpertPolicy:
         module, factory = EXPERTS[env_name].split(":")
         self.expert = getattr(importlib.import_module(module), factory)(env_name)
         self.env = env
+        self.tokenizer = None
+        if round_trip:
+            from dfm_vla.policy.action_tokenizer import load_action_tokenizer
+
+            self.tokenizer = load_action_tokenizer(round_trip)
+            if self.tokenizer.kind != "bins":
+                raise ValueError(
+                    f"--round-trip {round_trip}: a {self.tokenizer.kind!r} tokenizer codes whole chunks; "
+                    "an expert acting step by step can only be sent through a per-step (bins) tokenizer"
+                )
 
     def reset(self, seed: int | None = None) -> None:
         self.expert.reset(self.env)
 
     def act(self, obs: dict[str, Any]):
-        return self.expert.act(obs)
+        action = self.expert.act(obs)
+        return action if self.tokenizer is None else round_trip_action(self.tokenizer, action)
+
+
+def round_trip_action(tokenizer: Any, action: np.ndarray) -> np.ndarray:
+    """One action (D,) through a per-step tokenizer: tiled over its chunk, encoded, decoded, step 0 back."""
+    action = np.asarray(action)
+    chunk = np.repeat(action.astype(np.float64)[None, None], tokenizer.horizon, axis=1)
+    return tokenizer.decode(tokenizer.encode(chunk)).actions[0, 0].astype(action.dtype)
 
 
 def build_model_policy(spec: PolicySpec) -> Any:

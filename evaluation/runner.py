@@ -129,7 +129,7 @@ def setup(cfg: RunConfig) -> tuple[Any, Any, Protocol]:
         env_kwargs.setdefault("image_size", image_hw[0] if image_hw[0] == image_hw[1] else image_hw)
     env = make_env(cfg.env, camera_mode=camera_mode, **env_kwargs)
     if policy is None:
-        policy = ExpertPolicy(cfg.env, env)
+        policy = ExpertPolicy(cfg.env, env, round_trip=cfg.policy.round_trip)
     base = env.unwrapped
     protocol = Protocol(int(getattr(base, "num_tasks", 1)), getattr(base, "num_init_states", None))
     return env, policy, protocol

@@ -233,7 +233,10 @@ class ActionTokenizer:
             if not 0 <= d < chunks.shape[2]:
                 raise ValueError(f"gripper_dims: expected indices in [0, {chunks.shape[2]}), got {d}")
         self._horizon, self._action_dim = int(chunks.shape[1]), int(chunks.shape[2])
-        self.normalizer = ActionNormalizer.fit(chunks, gripper_dims=gripper_dims)
+        clip = float(getattr(self.config, "clip_percentile", 1.0))
+        self.normalizer = ActionNormalizer.fit(
+            chunks, gripper_dims=gripper_dims, quantiles=(clip, 100.0 - clip)
+        )
         self._fit(self.normalizer.normalize(chunks))
         return self
 

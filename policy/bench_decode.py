@@ -14,6 +14,13 @@ Rows, each the median over ``--repeats`` chunks after one warm-up:
   the exact bidirectional pass is measured on a separate (untimed) chunk.
 - ``dfm_bidir_no_cache``: the bidirectional model, exact (every call re-encodes everything).
 
+With ``--policy DIR`` (repeatable) it also times the decoding a trained policy really uses, on its own
+model size, slot count and observation prefix (its real weights for DD/DFM, random weights of the same
+config for AR): ``ar_kv_cache``, ``dd_prefix_cache`` (as many calls as its DFM), ``dfm_prefix_cache`` (its
+cold split, every episode's first plan) and ``dfm_warm_prefix_cache`` (refinement from the previous plan
+with its ``warm_start_*`` fields, every later plan). ``dfm_cached_vs_ar["policy:NAME"]`` is AR over the DFM
+decode the policy runs in steady state (warm if its config turns warm start on, else cold).
+
 ``median_ms`` is wall time, ``median_cpu_ms`` this process's CPU time (on a shared CPU the latter is the
 stable one; with ``--threads 1`` the speed-ups use it). ``speedup_vs_ar`` = AR ms / row ms. Weights are
 random: this measures compute, not policy quality.
@@ -55,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="weights dtype")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also time a trained policy's own decoding (cold and warm-started DFM, DD, AR); repeatable",
+    )
 
 
 def _tokenizer(slots: int, seed: int) -> Any:
@@ -147,8 +161,6 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
     causal = _build(name, "causal_actions", "ar", act_tok, text_tok, args)
     bidir = _build(name, "bidirectional", "dfm", act_tok, text_tok, args)
     prefix = _prefix(prefix_lm, text_tok, args)
-    with torch.no_grad():
-        prefix_len = prefix_lm.embed_prefix(prefix)[0].shape[1]
     path = prefix_lm.metric_path(act_tok).to(args.device)
     bidir_path = bidir.metric_path(act_tok).to(args.device)
     gen = torch.Generator(device=args.device)
@@ -172,7 +184,7 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
         return den, den.state.prefix_calls
 
     adaptive_kw = dict(refresh_every=args.refresh_every, refresh_fraction=args.refresh_fraction)
-    cases = [
+    cases: list[tuple[str, Any]] = [
         ("ar_kv_cache", ar),
         ("dd_prefix_cache", dd),
         ("dfm_prefix_cache", lambda: _calls(dfm(prefix_lm, path, "prefix"))),
@@ -180,15 +192,29 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
         ("dfm_bidir_adaptive", lambda: _calls(dfm(bidir, bidir_path, "adaptive", **adaptive_kw))),
         ("dfm_bidir_no_cache", lambda: _calls(dfm(bidir, bidir_path, "none"))),
     ]
+    rows = _time_cases(name, cases, prefix_lm, prefix, slots, batch, args, progress)
+    with torch.no_grad():
+        den, _ = dfm(bidir, bidir_path, "adaptive", measure_drift=True, **adaptive_kw)
+    drift = den.adaptive.drift.summary()
+    rows[4].update({k: v for k, v in drift.items() if k != "drift_calls"})
+    rows[4]["refreshes"] = den.adaptive.num_refreshes
+    return rows
+
+
+def _time_cases(name: str, cases, model, prefix, slots: int, batch: int, args, progress) -> list[dict]:
+    """One row per (method, fn) case, timed by :func:`_time`; ``speedup_vs_ar`` against the first row."""
+    import torch
+
+    with torch.no_grad():
+        prefix_len = model.embed_prefix(prefix)[0].shape[1]
     rows = []
-    params = prefix_lm.num_parameters() / 1e6
     for method, fn in cases:
         with torch.no_grad():
             ms, cpu_ms, (runner, prefix_calls) = _time(fn, args.repeats, args.device)
         rows.append(
             {
                 "config": name,
-                "params_M": round(params, 2),
+                "params_M": round(model.num_parameters() / 1e6, 2),
                 "prefix_tokens": int(prefix_len),
                 "slots": slots,
                 "batch": batch,
@@ -204,11 +230,68 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
     key = _timing_key(args)
     for row in rows:
         row["speedup_vs_ar"] = rows[0][key] / row[key]
-    with torch.no_grad():
-        den, _ = dfm(bidir, bidir_path, "adaptive", measure_drift=True, **adaptive_kw)
-    drift = den.adaptive.drift.summary()
-    rows[4].update({k: v for k, v in drift.items() if k != "drift_calls"})
-    rows[4]["refreshes"] = den.adaptive.num_refreshes
+    return rows
+
+
+def _bench_policy(directory: str, args, progress) -> list[dict[str, Any]]:
+    """Rows for one checkpoint: AR (random weights, same config), DD, DFM cold and DFM warm-started."""
+    import numpy as np
+    import torch
+
+    from dfm_vla.agents.dfm_policy import DFMPolicy
+    from dfm_vla.policy.checkpoint import load_pretrained
+    from dfm_vla.policy.model import build_model
+    from dfm_vla.policy.samplers import ar_sample, dd_sample
+    from dfm_vla.policy.warm_start import shifted_plan
+
+    bundle = load_pretrained(directory, device=args.device)
+    cfg, act_tok = bundle.model.config, bundle.action_tokenizer
+    name = f"policy:{Path(directory).name}"
+    rng = np.random.default_rng(args.seed)
+    keys = list(cfg.state_keys) if cfg.state_dim else []
+    sizes = [cfg.state_dim - len(keys) + 1] + [1] * (len(keys) - 1) if keys else []
+    obs = {"language": INSTRUCTION, **{k: rng.normal(size=n) for k, n in zip(keys, sizes, strict=True)}}
+    if cfg.image_views:
+        size = cfg.image_size
+        obs["images"] = {v: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for v in cfg.image_views}
+    prefix = bundle.processor([obs] * args.batch).to(args.device)
+    torch.manual_seed(args.seed)
+    causal = build_model(cfg.replace(objective="ar"), device=args.device).to(_dtype(args.dtype)).eval()
+    agent = DFMPolicy(bundle, decoder="dfm", device=args.device, seed=args.seed, warm_start=False)
+    slots, batch = act_tok.num_slots, args.batch
+    gens = [torch.Generator(device=args.device).manual_seed(args.seed + i) for i in range(batch)]
+    previous = torch.as_tensor(
+        act_tok.encode(np.zeros((batch, act_tok.horizon, act_tok.action_dim))), device=args.device
+    )
+    guesses = shifted_plan(previous, act_tok.action_dim, agent.execute_horizon)
+
+    def ar():
+        stepper = causal.ar_stepper(prefix)
+        ar_sample(stepper, batch, slots, boa_id=act_tok.boa_id, device=args.device)
+        return stepper, stepper.state.prefix_calls
+
+    def dd():
+        den = bundle.model.make_denoiser(prefix, cache="prefix")
+        dd_sample(den, act_tok.mask_id, batch, slots, steps=sum(agent.steps), device=args.device)
+        return den, den.state.prefix_calls
+
+    def dfm(warm: bool):
+        from dfm_vla.policy.samplers import dfm_sample
+
+        den = bundle.model.make_denoiser(prefix, cache="prefix")
+        agent._dfm(den, batch, slots, gens, dfm_sample, guesses if warm else None)
+        return den, den.state.prefix_calls
+
+    cases = [
+        ("ar_kv_cache", ar),
+        ("dd_prefix_cache", dd),
+        ("dfm_prefix_cache", lambda: dfm(False)),
+        ("dfm_warm_prefix_cache", lambda: dfm(True)),
+    ]
+    rows = _time_cases(name, cases, bundle.model, prefix, slots, batch, args, progress)
+    rows[2]["steps"] = f"{agent.steps[0]}+{agent.steps[1]}"
+    rows[3]["steps"] = f"{cfg.warm_start_steps_fine}+{cfg.warm_start_steps_val} from t0={cfg.warm_start_t0}"
+    rows[3]["used_by_policy"] = bool(cfg.warm_start)
     return rows
 
 
@@ -232,9 +315,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     rows: list[dict[str, Any]] = []
     with Progress(transient=True) as progress:
-        task = progress.add_task("decoding chunks", total=6 * len(names))
+        task = progress.add_task("decoding chunks", total=6 * len(names) + 4 * len(args.policy))
         for name in names:
             rows += _bench_config(name, args, act_tok, text_tok, lambda: progress.advance(task))
+        for directory in args.policy:
+            rows += _bench_policy(directory, args, lambda: progress.advance(task))
     key = f"{args.device}-{args.dtype}"
     device_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
@@ -247,7 +332,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "rows": rows,
         "speedup_timing": _timing_key(args),
-        "dfm_cached_vs_ar": {n: _ratio(rows, n, _timing_key(args)) for n in names},
+        "dfm_cached_vs_ar": {
+            n: _ratio(rows, n, _timing_key(args)) for n in dict.fromkeys(r["config"] for r in rows)
+        },
     }
     runs: dict[str, Any] = {}
     if getattr(args, "json", None) and Path(args.json).is_file():
@@ -273,5 +360,8 @@ def _timing_key(args) -> str:
 
 
 def _ratio(rows: list[dict[str, Any]], name: str, key: str) -> float:
-    by = {r["method"]: r[key] for r in rows if r["config"] == name}
-    return by["ar_kv_cache"] / by["dfm_prefix_cache"]
+    """AR over the DFM decode the config runs: the warm-started one where a policy turns it on."""
+    mine = [r for r in rows if r["config"] == name]
+    by = {r["method"]: r[key] for r in mine}
+    warm = any(r.get("used_by_policy") for r in mine)
+    return by["ar_kv_cache"] / by["dfm_warm_prefix_cache" if warm else "dfm_prefix_cache"]

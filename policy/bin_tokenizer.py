@@ -18,9 +18,13 @@ from dfm_vla.policy.action_tokenizer import ActionTokenizer
 class BinTokenizerConfig:
     num_bins: int = 256
     gripper_dims: tuple[int, ...] = ()  # dims kept binary by the normaliser
+    clip_percentile: float = 1.0  # the normaliser maps percentiles p and 100 - p of each dim to -1 and 1
 
     def __post_init__(self) -> None:
         self.gripper_dims = tuple(int(d) for d in self.gripper_dims)
+        if not 0.0 <= float(self.clip_percentile) < 50.0:
+            raise ValueError(f"clip_percentile: expected a percentile in [0, 50), got {self.clip_percentile}")
+        self.clip_percentile = float(self.clip_percentile)
         if int(self.num_bins) < 2:
             raise ValueError(f"num_bins: expected an integer >= 2, got {self.num_bins}")
         self.num_bins = int(self.num_bins)

@@ -72,6 +72,15 @@ class ModelConfig:
     execute_horizon: int = 8  # actions of each chunk executed before re-planning
     steps_fine: int = 14
     steps_val: int = 2
+    # DFM decoding knobs beyond the step split (defaults reproduce the plain two-stage decoder).
+    val_time: float | None = None  # t at which the greedy steps query the model; None: the last Euler time
+    posterior_temperature: float = 1.0  # x1 for the velocity is drawn from p_{1|t}^(1/T); 1 = the posterior
+    # Refinement from the previous plan (bins tokenizers; policy/warm_start.py): the unexecuted actions of
+    # the last chunk shifted to the front, the last one repeated, noised to p_t0 and refined from t0.
+    warm_start: bool = False
+    warm_start_t0: float = 0.5
+    warm_start_steps_fine: int = 3
+    warm_start_steps_val: int = 1
     rate_head: bool = False  # DFM+Head's per-slot rates; set from the objective ("dfm_head")
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +102,7 @@ class ModelConfig:
             raise ValueError(
                 f"num_heads {self.num_heads} must be divisible by num_kv_heads {self.num_kv_heads}"
             )
+        self._check_decoding()
         if self.objective == "ar":
             self.attention = "causal_actions"
         self.rate_head = self.objective == "dfm_head"  # the head exists exactly for DFM+Head
@@ -100,6 +110,22 @@ class ModelConfig:
             raise ValueError(
                 "image_encoder 'vq' needs full_vocab_size > 0 (VQ codes live in the shared vocab)"
             )
+
+    def _check_decoding(self) -> None:
+        for name in ("steps_fine", "steps_val", "warm_start_steps_fine", "warm_start_steps_val"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
+        if self.warm_start_steps_fine + self.warm_start_steps_val < 1:
+            raise ValueError("warm_start_steps_fine + warm_start_steps_val: expected >= 1 model call")
+        if self.val_time is not None and not 0.0 <= float(self.val_time) < 1.0:
+            raise ValueError(f"val_time: expected None or a time in [0, 1), got {self.val_time!r}")
+        if not float(self.posterior_temperature) > 0.0:
+            raise ValueError(f"posterior_temperature: expected > 0, got {self.posterior_temperature!r}")
+        if not 0.0 <= float(self.warm_start_t0) < 1.0:
+            raise ValueError(f"warm_start_t0: expected a time in [0, 1), got {self.warm_start_t0!r}")
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"warm_start: expected true or false, got {self.warm_start!r}")
 
     @property
     def head_dim(self) -> int:

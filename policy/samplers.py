@@ -117,6 +117,7 @@ def dfm_sample(
     t_val: float | None = None,
     velocity: VelocityMode = "sample",
     top_k: int | None = None,
+    temperature: float = 1.0,
     rate_fn: RateFn | None = None,
     device: torch.device | str | None = None,
     return_history: bool = False,
@@ -126,11 +127,15 @@ def dfm_sample(
     x0: (B, L) start tokens (default uniform over the slot vocabulary = p_0). time_grid: increasing
     (steps_fine + 1,) times ending at 1 (default evenly spaced from 0; start later to refine a given x0);
     it overrides ``steps_fine``. velocity / top_k: how the marginal velocity is formed (``velocity.py``).
+    temperature: the velocity's x1 comes from softmax(logits / temperature) (< 1 sharpens the posterior;
+    1 is the model's posterior; the greedy steps take the argmax either way).
     rate_fn: DFM+Head, stage 1 takes its rates from the head instead of the path (stage 2 still uses the
     denoiser's posterior). generator: a torch.Generator on the sampling device, for reproducibility.
     """
     if steps_val < 0:
         raise ValueError(f"steps_val: expected >= 0, got {steps_val}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0, got {temperature}")
     device = torch.device(device) if device is not None else (x0.device if x0 is not None else path.device)
     if time_grid is None:
         time_grid = uniform_time_grid(steps_fine, device=device) if steps_fine > 0 else torch.zeros(1)
@@ -155,7 +160,8 @@ def dfm_sample(
         if rate_fn is not None:
             rates = head_rates(rate_fn(x, t), x, t, path)
         else:
-            posterior = path.posterior_log_probs(_check_output(denoiser(x, t), x, path.vocab_size)).exp()
+            logits = _check_output(denoiser(x, t), x, path.vocab_size)
+            posterior = path.posterior_log_probs(logits if temperature == 1.0 else logits / temperature).exp()
             rates = marginal_velocity(path, x, posterior, t, mode=velocity, top_k=top_k, generator=generator)
         x_new, _ = ctmc_euler_step(x, rates, h, generator)
         x = recorder.record(x, x_new, t_n)

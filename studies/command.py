@@ -28,6 +28,14 @@ STUDIES: dict[str, tuple[str, str]] = {
         "One DFM policy: T_fine/T_val split, total steps, schedule c x alpha",
     ),
     "variants": ("dfm_vla.studies.variants", "DFM+Embed against DFM+Head on the same data"),
+    "offline-decoding": (
+        "dfm_vla.studies.offline_decoding",
+        "One policy, several decoders, on held-out demo chunks: token accuracy, action error, spread",
+    ),
+    "tokenizer-ceiling": (
+        "dfm_vla.studies.tokenizer_ceiling",
+        "Experts closed loop through each action tokenizer: the most a policy with it can reach",
+    ),
 }
 
 
