@@ -624,10 +624,10 @@ def _check_norm_stats(root: Path, np) -> Check:
         stats = json.loads(path.read_text())
     except ValueError as exc:
         return Check("checkpoint", "normalisation stats", FAIL, f"{path.name}: {exc}"[:200], fix)
-    problems, n_arrays = [], 0
+    problems, n_arrays, constant = [], 0, 0
 
     def visit(prefix: str, node) -> None:
-        nonlocal n_arrays
+        nonlocal n_arrays, constant
         if isinstance(node, dict):
             for key, value in node.items():
                 visit(f"{prefix}.{key}" if prefix else str(key), value)
@@ -643,8 +643,10 @@ def _check_norm_stats(root: Path, np) -> Check:
             n_arrays += 1
             if not np.isfinite(arr).all():
                 problems.append(f"{prefix} has NaN or inf")
-            elif prefix.rsplit(".", 1)[-1] in ("std", "scale") and (arr <= 0).any():
-                problems.append(f"{prefix} has values <= 0")
+            elif prefix.rsplit(".", 1)[-1] in ("std", "scale"):
+                if (arr < 0).any():
+                    problems.append(f"{prefix} has negative values")
+                constant += int((arr == 0).sum())  # a feature constant in the demos: floored when normalising
 
     visit("", stats)
     if problems:
@@ -653,7 +655,8 @@ def _check_norm_stats(root: Path, np) -> Check:
         )
     if n_arrays == 0:
         return Check("checkpoint", "normalisation stats", FAIL, f"{path.name}: no numeric arrays", fix)
-    return Check("checkpoint", "normalisation stats", OK, f"{path.name}: {n_arrays} arrays, all finite")
+    note = f"; {constant} constant features (std 0, floored at 1e-6)" if constant else ""
+    return Check("checkpoint", "normalisation stats", OK, f"{path.name}: {n_arrays} arrays, all finite{note}")
 
 
 def _check_policy_loads(root: Path) -> Check:
