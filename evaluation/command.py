@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
     )
     parser.add_argument("--decoder", choices=("dfm", "dd", "ar"), help="decoder (default: the checkpoint's)")
     parser.add_argument("--steps", type=_steps, metavar="T_FINE,T_VAL", help="DFM steps, e.g. 14,2")
+    parser.add_argument(
+        "--warm-start",
+        choices=("on", "off"),
+        help="DFM: refine each chunk from the previous plan (default: the checkpoint's warm_start)",
+    )
     parser.add_argument("--tasks", type=_int_list, help="comma-separated task ids (default: all)")
     parser.add_argument(
         "--episodes-per-task",
@@ -104,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         round_trip=args.round_trip,
+        warm_start=None if args.warm_start is None else args.warm_start == "on",
     )
     command = "rollout" if args._interactive else "eval"
     out = Path(args.out or f"runs/{command}/{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -39,6 +39,11 @@ class EpisodeResult:
     seconds: float
     policy_ms_per_plan: float | None = None
     plans: int = 0
+    # Mean L2 distance (env units, all action dims) between consecutive actions: where a new chunk's first
+    # action follows the previous chunk's last (seam_jump) and inside chunks (step_jump); None if none.
+    seam_jump: float | None = None
+    step_jump: float | None = None
+    model_calls_per_plan: float | None = None
     video: str | None = None
     frames: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -107,6 +112,9 @@ def run_episode(
         reset()
     frames: list[np.ndarray] = []
     plan_ms: list[float] = []
+    calls: list[int] = []
+    jumps: dict[bool, list[float]] = {True: [], False: []}  # planned at this step -> |a_t - a_t-1|
+    previous: np.ndarray | None = None
     success = bool(info.get("success", False))
     failure_reason = None
     steps = 0
@@ -124,6 +132,13 @@ def run_episode(
             ms, _ = plan_info(policy)
             if ms is not None:
                 plan_ms.append(ms)
+            n_calls = _model_calls(policy)
+            if n_calls is not None:
+                calls.append(n_calls)
+        current = np.asarray(action, dtype=np.float64).reshape(-1)
+        if previous is not None:
+            jumps[bool(planning)].append(float(np.linalg.norm(current - previous)))
+        previous = current
         obs, _reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
         steps += 1
         success = bool(info.get("success", False))
@@ -146,8 +161,19 @@ def run_episode(
         seconds=time.perf_counter() - start,
         policy_ms_per_plan=float(np.median(plan_ms)) if plan_ms else None,
         plans=len(plan_ms),
+        seam_jump=float(np.mean(jumps[True])) if jumps[True] else None,
+        step_jump=float(np.mean(jumps[False])) if jumps[False] else None,
+        model_calls_per_plan=float(np.mean(calls)) if calls else None,
         frames=frames,
     )
+
+
+def _model_calls(policy: Any) -> int | None:
+    plan = getattr(policy, "last_plan", None)
+    if plan is None:
+        return None
+    calls = plan.get("model_calls") if isinstance(plan, dict) else getattr(plan, "model_calls", None)
+    return int(calls) if calls is not None else None
 
 
 def _frame(obs: dict[str, Any], view: str | None) -> np.ndarray:

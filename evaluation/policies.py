@@ -30,6 +30,7 @@ class PolicySpec:
     seed: int = 0
     device: str = "cpu"
     round_trip: str | None = None  # experts: an action tokenizer folder every action passes through
+    warm_start: bool | None = None  # DFM: refine from the previous plan; None keeps the checkpoint's
 
     def describe(self) -> str:
         if self.kind == "expert":
@@ -124,5 +125,7 @@ def build_model_policy(spec: PolicySpec) -> Any:
             kwargs["steps"] = spec.steps
         if spec.schedule:
             kwargs["schedule"] = spec.schedule
+        if spec.warm_start is not None:
+            kwargs["warm_start"] = spec.warm_start
         return DFMPolicy.from_pretrained(spec.path, **kwargs)
     raise ValueError(f"policy kind {spec.kind!r} is built with its env (ExpertPolicy)")

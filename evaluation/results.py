@@ -30,6 +30,7 @@ def run_meta(env: str, policy: Any, *, seed: int, episodes_per_task: int | None,
         "decoder": policy.decoder,
         "steps": list(policy.steps) if policy.steps else None,
         "schedule": list(policy.schedule) if policy.schedule else None,
+        "warm_start": getattr(policy, "warm_start", None),
         "seed": seed,
         "episodes_per_task": episodes_per_task or "full",
         "tasks": tasks,
@@ -125,6 +126,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_task_success_rate": (
             sum(t["success_rate"] for t in per_task.values()) / len(per_task) if per_task else 0.0
         ),
+        **{f"mean_{k}": _mean_of(episodes, k) for k in ("seam_jump", "step_jump", "model_calls_per_plan")},
     }
     return {"overall": overall, "per_task": per_task}
 
@@ -171,3 +173,9 @@ def plot_success_by_task(summary: dict[str, Any], path: str | Path, title: str) 
 
 def _short(text: str, n: int = 42) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _mean_of(episodes: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of an episode field over the episodes that report it (older results files lack it)."""
+    values = [e[key] for e in episodes if e.get(key) is not None]
+    return sum(values) / len(values) if values else None

@@ -9,6 +9,8 @@ Rows, each the median over ``--repeats`` chunks after one warm-up:
 - ``dd_prefix_cache``: masked diffusion, ``--steps`` calls against the exact prefix cache.
 - ``dfm_prefix_cache``: DFM two-stage (steps - 2 Euler + 2 greedy) against the exact prefix cache (prefix-LM).
 - ``dfm_no_cache``: the same, re-encoding the prefix at every call.
+- ``dfm_warm_prefix_cache``: refinement from a previous plan (``policy/warm_start.py``): a guess noised to
+  ``--warm-t0``, then ``--warm-steps`` Euler + greedy calls, against the exact prefix cache.
 - ``dfm_bidir_adaptive``: the fully bidirectional model with the adaptive cache (refresh every
   ``--refresh-every`` calls or when more than ``--refresh-fraction`` of slots changed); its logit drift from
   the exact bidirectional pass is measured on a separate (untimed) chunk.
@@ -62,6 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="weights dtype")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warm-t0", type=float, default=0.8, help="warm-started DFM rows: start time t0 (default 0.8)"
+    )
+    parser.add_argument(
+        "--warm-steps",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=(3, 1),
+        help="warm-started DFM rows: T_FINE,T_VAL (default 3,1)",
+    )
     parser.add_argument(
         "--policy",
         action="append",
@@ -153,7 +164,8 @@ def _time(fn, repeats: int, device: str) -> tuple[float, float, Any]:
 def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str, Any]]:
     import torch
 
-    from dfm_vla.policy.samplers import ar_sample, dd_sample, dfm_sample
+    from dfm_vla.policy.samplers import ar_sample, dd_sample, dfm_sample, uniform_time_grid
+    from dfm_vla.policy.warm_start import warm_start_state
 
     slots, batch, steps = act_tok.num_slots, args.batch, args.steps
     fine, val = max(steps - 2, 0), min(steps, 2)
@@ -173,6 +185,18 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
         )
         return den, res
 
+    def dfm_warm():
+        # refinement from a previous plan (policy/warm_start.py): a guess noised to t0, then a few steps
+        gen.manual_seed(args.seed)
+        den = prefix_lm.make_denoiser(prefix, cache="prefix")
+        guess = path.sample_source((batch, slots), generator=gen, device=args.device)
+        x0 = warm_start_state(path, guess, args.warm_t0, gen)
+        grid = uniform_time_grid(args.warm_steps[0], args.warm_t0, device=args.device)
+        dfm_sample(
+            den, path, batch, slots, x0=x0, time_grid=grid, steps_val=args.warm_steps[1], generator=gen
+        )
+        return den, den.state.prefix_calls
+
     def ar():
         stepper = causal.ar_stepper(prefix)
         ar_sample(stepper, batch, slots, boa_id=act_tok.boa_id, device=args.device)
@@ -189,6 +213,7 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
         ("dd_prefix_cache", dd),
         ("dfm_prefix_cache", lambda: _calls(dfm(prefix_lm, path, "prefix"))),
         ("dfm_no_cache", lambda: _calls(dfm(prefix_lm, path, "none"))),
+        ("dfm_warm_prefix_cache", dfm_warm),
         ("dfm_bidir_adaptive", lambda: _calls(dfm(bidir, bidir_path, "adaptive", **adaptive_kw))),
         ("dfm_bidir_no_cache", lambda: _calls(dfm(bidir, bidir_path, "none"))),
     ]
@@ -196,8 +221,8 @@ def _bench_config(name: str, args, act_tok, text_tok, progress) -> list[dict[str
     with torch.no_grad():
         den, _ = dfm(bidir, bidir_path, "adaptive", measure_drift=True, **adaptive_kw)
     drift = den.adaptive.drift.summary()
-    rows[4].update({k: v for k, v in drift.items() if k != "drift_calls"})
-    rows[4]["refreshes"] = den.adaptive.num_refreshes
+    rows[5].update({k: v for k, v in drift.items() if k != "drift_calls"})
+    rows[5]["refreshes"] = den.adaptive.num_refreshes
     return rows
 
 
@@ -315,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     rows: list[dict[str, Any]] = []
     with Progress(transient=True) as progress:
-        task = progress.add_task("decoding chunks", total=6 * len(names) + 4 * len(args.policy))
+        task = progress.add_task("decoding chunks", total=7 * len(names) + 4 * len(args.policy))
         for name in names:
             rows += _bench_config(name, args, act_tok, text_tok, lambda: progress.advance(task))
         for directory in args.policy:
