@@ -12,6 +12,13 @@ SHIPPED = {
     "default": ("checkpoints/libero_goal_tiny_dfm", "dfm", (2, 14)),
     "dd": ("checkpoints/baselines/libero_goal_tiny_dd", "dd", (14, 2)),
     "ar": ("checkpoints/baselines/libero_goal_tiny_ar", "ar", (14, 2)),
+    # candidates of issues 17/18, on the 2026-12 demos (docs/results/libero_goal_recipe.md)
+    "candidate dfm (value path, warm start)": (
+        "checkpoints/candidates/libero_goal_tiny_dfm_value",
+        "dfm",
+        (14, 2),
+    ),
+    "candidate dd": ("checkpoints/candidates/libero_goal_tiny_dd", "dd", (14, 2)),
 }
 
 
@@ -45,6 +52,11 @@ def test_shipped_policy_is_small_and_acts_on_a_libero_goal_observation(name, rep
         env.close()
     assert agent.num_plans == 2
     assert all(a.shape == (7,) and np.isfinite(a).all() and np.abs(a).max() <= 1.0 for a in actions)
+    if agent.warm_start:  # the second plan refined the first: warm_start_steps_fine + _val model calls
+        assert (
+            agent.last_plan.model_calls
+            == agent.config.warm_start_steps_fine + agent.config.warm_start_steps_val
+        )
 
 
 @pytest.mark.parametrize(
