@@ -16,6 +16,15 @@ generator seeded with ``seed + i``, so ``DFMPolicy(seed=s).act_batch(obs_list)[i
 
 What the last plan did is in :attr:`DFMPolicy.last_plan` (:class:`PlanInfo`): tokens changed at each
 refinement step, decode validity, milliseconds in the prefix and in refinement, model calls.
+
+Real-time execution (``inference_delay=d > 0``): a robot keeps moving while the policy plans, so the next
+chunk is requested when ``d`` actions of the current one are left, on the observation of that moment; the
+``d`` queued actions still run (they are what the robot does while it waits), then the new chunk is served
+from its step ``d`` on, ``execute_horizon`` actions per chunk. With ``freeze_prefix`` the new chunk's first
+``d`` steps are fixed to those queued actions while the decoder refines the rest (DFM: the slots never
+jump; DD: they start unmasked; AR: they are forced as the first tokens), so the plan is conditioned on
+what the robot will really do. In process the plan is computed at once; ``evaluation/episode.py`` simulates
+the waiting robot (``--latency-steps``). ``plan(obs, frozen_actions=...)`` is the same for a remote client.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class PlanInfo:
     decode_ms: float
     model_calls: int
     prefix_calls: int
+    frozen_steps: int = 0  # leading chunk steps fixed to the actions running while this plan was made
 
     @property
     def total_ms(self) -> float:
@@ -71,6 +81,7 @@ class PlanInfo:
             "decode_ms": self.decode_ms,
             "model_calls": self.model_calls,
             "prefix_calls": self.prefix_calls,
+            "frozen_steps": self.frozen_steps,
         }
 
 
@@ -85,6 +96,8 @@ class DFMPolicy:
     warm_start: DFM only, refine each new chunk from the previous plan's unexecuted actions
     (``policy/warm_start.py``) with the config's ``warm_start_t0`` / ``warm_start_steps_*``; the first
     plan of an episode decodes cold. None: the checkpoint's ``warm_start``.
+    inference_delay / freeze_prefix: real-time execution (module docstring); None: the checkpoint's
+    ``inference_delay`` (0 = synchronous) and ``freeze_prefix``.
     """
 
     def __init__(
@@ -98,6 +111,8 @@ class DFMPolicy:
         cache: str = "auto",
         schedule: tuple[float, float] | None = None,
         warm_start: bool | None = None,
+        inference_delay: int | None = None,
+        freeze_prefix: bool | None = None,
     ):
         self.bundle = bundle
         self.model = bundle.model
@@ -150,7 +165,24 @@ class DFMPolicy:
                 f"warm_start: needs execute_horizon < the chunk length {horizon} (unexecuted actions to "
                 f"refine from), got execute_horizon {self.execute_horizon}"
             )
-        self._queues: list[deque] = []
+        cfg = self.config
+        self.inference_delay = int(cfg.inference_delay if inference_delay is None else inference_delay)
+        self.freeze_prefix = bool(cfg.freeze_prefix if freeze_prefix is None else freeze_prefix)
+        delay, most = self.inference_delay, min(self.execute_horizon, horizon - self.execute_horizon)
+        if delay and not 1 <= delay <= most:
+            raise ValueError(
+                f"inference_delay: expected 0 (synchronous) or 1..{most} control steps (at most "
+                f"execute_horizon {self.execute_horizon}, and inference_delay + execute_horizon <= the chunk "
+                f"length {horizon}), got {delay}"
+            )
+        if delay and self.freeze_prefix and self.action_tokenizer.kind != "bins":
+            raise ValueError(
+                "freeze_prefix: needs a bins action tokenizer (one token per step and dimension); this "
+                f"policy decodes {self.action_tokenizer.kind!r} tokens: pass freeze_prefix=False"
+            )
+        self._queues: list[deque] = []  # per env: (action (D,), its step in its chunk, first served of it)
+        self._next_slot: list[int] = []  # per env: the step of its last chunk that is served next
+        self._started: list[bool] = []  # per env: the last action served was the first of a new chunk
         self._previous: list[np.ndarray | None] = []  # per env: tokens (L,) of its last plan (warm start)
         self._generators: list[torch.Generator] = []
         self.last_plan: PlanInfo | None = None
@@ -211,6 +243,7 @@ class DFMPolicy:
         """Start new episodes: drop queued actions; with ``seed``, re-seed (env i gets ``seed + i``)."""
         self._queues = [deque() for _ in self._queues]
         self._previous = [None for _ in self._previous]
+        self._started = [False for _ in self._started]
         if seed is not None:
             self.seed = int(seed)
             self._generators = []
@@ -230,16 +263,25 @@ class DFMPolicy:
         """True when the next :meth:`act` will plan a new chunk (so a rollout renders images only then)."""
         return self._needs_plan(0)
 
+    @property
+    def started_chunk(self) -> bool:
+        """True when the last action :meth:`act` returned was the first of a new chunk (a seam)."""
+        return bool(self._started and self._started[0])
+
     def needs_plan_batch(self, num_envs: int) -> list[bool]:
         """Per env, whether the next :meth:`act_batch` over ``num_envs`` envs plans for it."""
         return [self._needs_plan(i) for i in range(num_envs)]
 
     def _needs_plan(self, i: int) -> bool:
-        return i >= len(self._queues) or not self._queues[i]
+        if i >= len(self._queues) or not self._queues[i]:
+            return True
+        return self.inference_delay > 0 and len(self._queues[i]) == self.inference_delay
 
     def _ensure_envs(self, n: int) -> None:
         while len(self._queues) < n:
             self._queues.append(deque())
+            self._next_slot.append(0)
+            self._started.append(False)
         while len(self._previous) < n:
             self._previous.append(None)
         while len(self._generators) < n:
@@ -270,38 +312,82 @@ class DFMPolicy:
             raise ValueError("observations: expected a non-empty list of obs dicts (use act(obs) for one)")
         num_envs = len(observations)
         self._ensure_envs(num_envs)
-        planning = [i for i in range(num_envs) if not self._queues[i]]
+        planning = [i for i in range(num_envs) if self._needs_plan(i)]
         if planning:
             self._plan(planning, [observations[i] for i in planning])
-        return np.stack([self._queues[i].popleft() for i in range(num_envs)])
+        actions = []
+        for i in range(num_envs):
+            action, slot, self._started[i] = self._queues[i].popleft()
+            self._next_slot[i] = slot + 1
+            actions.append(action)
+        return np.stack(actions)
 
     @torch.no_grad()
     def plan(
-        self, observations: Sequence[Mapping[str, Any]], env_indices: Sequence[int] | None = None
+        self,
+        observations: Sequence[Mapping[str, Any]],
+        env_indices: Sequence[int] | None = None,
+        frozen_actions: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Decode one chunk per observation without touching the queues: (B, H, action_dim) float32."""
+        """Decode one chunk per observation without touching the queues: (B, H, action_dim) float32.
+
+        frozen_actions: (B, d, action_dim) actions, 1 <= d < H, that run while this plan is made; the
+        chunks' first d steps are fixed to them (their tokens under the action tokenizer) and the decoder
+        refines the rest. Bins tokenizers only.
+        """
         env_indices = list(env_indices) if env_indices is not None else list(range(len(observations)))
         self._ensure_envs(max(env_indices) + 1)
-        return self._decode_chunks(env_indices, observations)
+        frozen = None if frozen_actions is None else self._frozen_tokens(frozen_actions, len(env_indices))
+        return self._decode_chunks(env_indices, observations, frozen=frozen)
+
+    def _frozen_tokens(self, frozen_actions: Any, batch: int) -> torch.Tensor:
+        """(B, d, D) actions -> (B, d * D) token ids of the chunk's first d steps."""
+        tok = self.action_tokenizer
+        if tok.kind != "bins":
+            raise ValueError(f"frozen_actions: needs a bins action tokenizer, this policy has {tok.kind!r}")
+        arr = np.asarray(frozen_actions, dtype=np.float64)
+        shape_ok = arr.ndim == 3 and arr.shape[0] == batch and arr.shape[2] == tok.action_dim
+        if not shape_ok or not 1 <= arr.shape[1] < tok.horizon:
+            raise ValueError(
+                f"frozen_actions: expected shape ({batch}, d, {tok.action_dim}) with 1 <= d < {tok.horizon}, "
+                f"got {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise ValueError("frozen_actions: expected finite actions, got NaN or inf")
+        steps = arr.shape[1]
+        padded = np.concatenate([arr, np.repeat(arr[:, -1:], tok.horizon - steps, axis=1)], axis=1)
+        tokens = tok.encode(padded)[:, : steps * tok.action_dim]
+        return torch.as_tensor(tokens, dtype=torch.long, device=self.device)
 
     def _plan(self, env_indices: list[int], observations: list[Mapping[str, Any]]) -> None:
-        """Plan for these envs: cold ones (no previous plan, or warm start off) and warm ones as two groups,
-        so an env's chunk never depends on which other envs planned with it."""
-        obs = dict(zip(env_indices, observations, strict=True))
-        warm = [i for i in env_indices if self.warm_start and self._previous[i] is not None]
-        cold = [i for i in env_indices if i not in warm]
-        for group, is_warm in ((cold, False), (warm, True)):
-            if not group:
-                continue
-            guesses = None
-            if is_warm:
-                from dfm_vla.policy.warm_start import shifted_plan
+        """Plan for these envs and queue their chunks. Envs plan in groups of one kind (cold, warm-started,
+        with a frozen prefix), so an env's chunk never depends on which other envs planned with it."""
+        from dfm_vla.policy.warm_start import shifted_plan
 
+        obs = dict(zip(env_indices, observations, strict=True))
+        running = {i: list(self._queues[i]) for i in env_indices}  # actions that run while planning
+        groups: dict[tuple[bool, bool], list[int]] = {}
+        for i in env_indices:
+            warm = self.warm_start and self._previous[i] is not None
+            groups.setdefault((warm, bool(running[i]) and self.freeze_prefix), []).append(i)
+        horizon, dim, delay = self.action_tokenizer.horizon, self.action_dim, self.inference_delay
+        for (is_warm, is_frozen), group in sorted(groups.items()):
+            guesses = frozen = None
+            if is_warm or is_frozen:
                 previous = torch.as_tensor(np.stack([self._previous[i] for i in group]), device=self.device)
-                guesses = shifted_plan(previous, self.action_dim, self.execute_horizon)
-            chunks = self._decode_chunks(group, [obs[i] for i in group], guesses=guesses)
+                executed = [self._next_slot[i] for i in group]  # steps of the previous chunk before now
+            if is_warm:
+                guesses = torch.cat(
+                    [shifted_plan(previous[r : r + 1], dim, ex) for r, ex in enumerate(executed)]
+                )
+            if is_frozen:
+                steps = previous.reshape(len(group), horizon, dim)
+                frozen = torch.stack([steps[r, ex : ex + delay].reshape(-1) for r, ex in enumerate(executed)])
+            chunks = self._decode_chunks(group, [obs[i] for i in group], guesses=guesses, frozen=frozen)
             for row, (i, chunk) in enumerate(zip(group, chunks, strict=True)):
-                self._queues[i] = deque(chunk[: self.execute_horizon])
+                start = delay if running[i] else 0  # the first `delay` steps ran meanwhile
+                rest = [(chunk[s], s, s == start) for s in range(start, start + self.execute_horizon)]
+                self._queues[i] = deque(running[i] + rest)
                 self._previous[i] = self.last_plan.tokens[row]
 
     @torch.no_grad()
@@ -310,8 +396,10 @@ class DFMPolicy:
         env_indices: list[int],
         observations: Sequence[Mapping[str, Any]],
         guesses: torch.Tensor | None = None,
+        frozen: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """(B, H, action_dim) chunks; ``guesses`` (B, L) warm-starts DFM from those tokens (else cold)."""
+        """(B, H, action_dim) chunks; ``guesses`` (B, L) warm-starts DFM from those tokens (else cold);
+        ``frozen`` (B, P) token ids fixed in the first P slots (every decoder)."""
         from dfm_vla.policy.samplers import ar_sample, dd_sample, dfm_sample
 
         model = self.model
@@ -339,11 +427,17 @@ class DFMPolicy:
                 num_slots,
                 boa_id=self.action_tokenizer.boa_id,
                 allowed=self._allowed,
+                prefix=frozen,
                 device=self.device,
             )
             model_calls = stepper.num_calls
         else:
             denoiser = model.make_denoiser(state, cache=self.cache)
+            fixed = None
+            if frozen is not None:  # (B, L): the frozen ids first, then -1 (DFM) or the mask id (DD)
+                free = -1 if self.decoder == "dfm" else self.action_tokenizer.mask_id
+                fixed = torch.full((batch, num_slots), free, dtype=torch.long, device=self.device)
+                fixed[:, : frozen.shape[1]] = frozen
             if self.decoder == "dd":
                 result = dd_sample(
                     denoiser,
@@ -351,11 +445,12 @@ class DFMPolicy:
                     batch,
                     num_slots,
                     steps=sum(self.steps),
+                    x0=fixed,
                     allowed=self._allowed,
                     device=self.device,
                 )
             else:
-                result = self._dfm(denoiser, batch, num_slots, generators, dfm_sample, guesses)
+                result = self._dfm(denoiser, batch, num_slots, generators, dfm_sample, guesses, fixed)
             model_calls = denoiser.num_calls
         _sync(self.device)
         refine_ms = 1e3 * (time.perf_counter() - start)
@@ -376,6 +471,7 @@ class DFMPolicy:
             decode_ms=decode_ms,
             model_calls=int(model_calls),
             prefix_calls=int(state.prefix_calls),
+            frozen_steps=0 if frozen is None else frozen.shape[1] // self.action_dim,
         )
         return np.asarray(decoded.actions, dtype=np.float32).reshape(batch, self.action_tokenizer.horizon, -1)
 
@@ -387,10 +483,12 @@ class DFMPolicy:
         generators: list[torch.Generator],
         dfm_sample,
         guesses: torch.Tensor | None = None,
+        frozen: torch.Tensor | None = None,
     ) -> Any:
         """DFM with one generator per env: a batch of one runs directly; several run in lock step (one
         thread per env drives its own sampler, every model call is batched across them). ``guesses``
-        (B, L): start each env from its guess noised to t0 (warm start) instead of from the source."""
+        (B, L): start each env from its guess noised to t0 (warm start) instead of from the source.
+        ``frozen`` (B, L): token ids fixed for the whole decode, -1 where refined."""
         from dfm_vla.policy.samplers import uniform_time_grid
         from dfm_vla.policy.warm_start import warm_start_state
 
@@ -418,6 +516,7 @@ class DFMPolicy:
                 t_val=t_val,
                 temperature=cfg.posterior_temperature,
                 rate_fn=rate,
+                frozen=None if frozen is None else frozen[i : i + 1],
                 device=self.device,
             )
 

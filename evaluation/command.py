@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from dfm_vla.evaluation.dashboard import Dashboard
-from dfm_vla.evaluation.policies import policy_spec_from_args
+from dfm_vla.evaluation.policies import EXECUTION_MODES, policy_spec_from_args
 from dfm_vla.evaluation.results import ResultsFile, plot_success_by_task, run_meta
 from dfm_vla.evaluation.runner import VIDEO_MODES, RunConfig, run_protocol
 
@@ -41,6 +41,27 @@ def add_arguments(parser: argparse.ArgumentParser, *, interactive: bool = True) 
         "--warm-start",
         choices=("on", "off"),
         help="DFM: refine each chunk from the previous plan (default: the checkpoint's warm_start)",
+    )
+    parser.add_argument(
+        "--execute-horizon",
+        type=int,
+        metavar="N",
+        help="actions of each chunk run before re-planning (default: the checkpoint's execute_horizon)",
+    )
+    parser.add_argument(
+        "--latency-steps",
+        type=int,
+        default=0,
+        metavar="K",
+        help="simulate a policy that takes K control steps to plan: the env runs on meanwhile (default: 0)",
+    )
+    parser.add_argument(
+        "--execution",
+        choices=EXECUTION_MODES,
+        default="sync",
+        help="under --latency-steps: sync (the robot holds still while each chunk is planned), async (the "
+        "next chunk is planned while the current one runs), async-frozen (async, and the steps that run "
+        "meanwhile are frozen in the new chunk); default: sync",
     )
     parser.add_argument("--tasks", type=_int_list, help="comma-separated task ids (default: all)")
     parser.add_argument(
@@ -110,6 +131,9 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         round_trip=args.round_trip,
         warm_start=None if args.warm_start is None else args.warm_start == "on",
+        execute_horizon=args.execute_horizon,
+        latency_steps=args.latency_steps,
+        execution=args.execution,
     )
     command = "rollout" if args._interactive else "eval"
     out = Path(args.out or f"runs/{command}/{args.env}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -136,6 +160,9 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.env.startswith("calvin_"):
         from dfm_vla.evaluation.chains import run_chains
+
+        if args.latency_steps:
+            raise SystemExit("--latency-steps: CALVIN's chain protocol does not simulate a delay yet")
 
         chains = 1000 if args.full else args.chains or (QUICK_CHAINS if args._interactive else 1000)
         meta["chains"] = chains

@@ -1,8 +1,9 @@
 """Live terminal dashboard for rollouts (rich), falling back to plain log lines without a terminal.
 
 Shows per-task success so far, the episodes running and their step, env steps/s, policy ms per
-chunk, and for DFM the tokens revised at each refinement step of the last plan as a bar row
-(the method's signature: many changes early, few late, none in the greedy validation steps).
+chunk, the mean action jump at chunk seams against inside chunks (the title names a simulated inference
+delay, ``--latency-steps``), and for DFM the tokens revised at each refinement step of the last plan as
+a bar row (the method's signature: many changes early, few late, none in the greedy validation steps).
 """
 
 from __future__ import annotations
@@ -130,6 +131,14 @@ class Dashboard:
             f"env steps/s {self.steps_per_s:.1f}" if self.steps_per_s else "env steps/s -",
             f"policy ms/chunk {self.last_plan_ms:.1f}" if self.last_plan_ms else "policy ms/chunk -",
         )
+        seams = [r.seam_jump for r in self.results if r.seam_jump is not None]
+        if seams:  # chunk seams: where a new chunk's first action follows the action before it
+            inside = [r.step_jump for r in self.results if r.step_jump is not None]
+            stats.add_row(
+                f"seam jump {sum(seams) / len(seams):.3f}",
+                f"inside chunks {sum(inside) / len(inside):.3f}" if inside else "inside chunks -",
+                "(mean |a_t - a_t-1|, finished episodes)",
+            )
         if self.last_changed:
             stats.add_row(
                 "tokens revised per refinement step (last plan)",

@@ -4,6 +4,15 @@ A policy is any object with ``reset()`` and ``act(obs) -> np.ndarray (action_dim
 ``needs_plan`` (bool, True when the next ``act`` plans a new chunk: images are rendered only then)
 and ``last_plan`` (what the last plan did: ``changed_per_step``, ``total_ms`` ...), which the
 dashboard shows. ``DFMPolicy``, the scripted experts and ``RemotePolicy`` all fit.
+
+Simulated inference delay (``latency_steps=K``): a robot does not stop time while its policy plans. A
+synchronous policy (one that plans when its chunk ran out) makes the robot wait: after each plan the env
+runs K steps of ``env.unwrapped.hold_action(last action)`` (keep still, gripper as it was) before the new
+chunk's first action, so the plan was made on an observation K steps old. A policy that plans ahead
+(``DFMPolicy(inference_delay=K)``: it asks for the next chunk K actions before the current one runs out and
+keeps executing those K meanwhile) waits only for its first chunk of an episode. Hold steps count in the
+episode's length and step limit; ``seam_jump`` is measured where a new chunk's first action runs
+(``policy.started_chunk`` when the policy tells, else at each plan).
 """
 
 from __future__ import annotations
@@ -92,13 +101,23 @@ def run_episode(
     video_view: str | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
     report_every: int = 10,
+    latency_steps: int = 0,
 ) -> EpisodeResult:
     """Reset ``env`` to ``spec``, run ``policy`` until success, failure or the step limit.
 
     ``env`` follows the toolkit's env conventions (``info["success"]``, ``failure_reason``,
     ``unwrapped.render_images()`` in on-demand camera mode). Frames for the video are taken from
-    ``obs["images"][video_view]`` (the env must render every step).
+    ``obs["images"][video_view]`` (the env must render every step). ``latency_steps``: the simulated
+    inference delay in control steps (module docstring).
     """
+    if latency_steps < 0:
+        raise ValueError(f"latency_steps: expected >= 0 control steps, got {latency_steps}")
+    plans_ahead = bool(getattr(policy, "inference_delay", 0))
+    if latency_steps and not hasattr(env.unwrapped, "hold_action"):
+        raise ValueError(
+            f"latency_steps: env {type(env.unwrapped).__name__} has no hold_action(previous), the action a "
+            "waiting robot runs; only envs that define one can simulate an inference delay"
+        )
     start = time.perf_counter()
     options = {"task_id": spec.task_id, "init_state_id": spec.init_state_id}
     obs, info = env.reset(seed=spec.seed, options=options)
@@ -113,7 +132,7 @@ def run_episode(
     frames: list[np.ndarray] = []
     plan_ms: list[float] = []
     calls: list[int] = []
-    jumps: dict[bool, list[float]] = {True: [], False: []}  # planned at this step -> |a_t - a_t-1|
+    jumps: dict[bool, list[float]] = {True: [], False: []}  # a chunk's first action? -> |a_t - a_t-1|
     previous: np.ndarray | None = None
     success = bool(info.get("success", False))
     failure_reason = None
@@ -121,23 +140,29 @@ def run_episode(
     loop_start = time.perf_counter()
     on_demand_images = hasattr(base, "render_images") and "images" not in obs
     wants_images = bool(getattr(policy, "uses_images", False))
+    pending: list[tuple[np.ndarray, bool | None]] = []  # (action, starts a chunk?) to run; None: a hold
     while not success:
         if record_video:
             frames.append(_frame(obs, video_view))
-        if wants_images and on_demand_images and getattr(policy, "needs_plan", True):
-            obs = {**obs, "images": base.render_images()}
-        planning = getattr(policy, "needs_plan", False)
-        action = policy.act(obs)
-        if planning:
-            ms, _ = plan_info(policy)
-            if ms is not None:
-                plan_ms.append(ms)
-            n_calls = _model_calls(policy)
-            if n_calls is not None:
-                calls.append(n_calls)
+        if not pending:
+            if wants_images and on_demand_images and getattr(policy, "needs_plan", True):
+                obs = {**obs, "images": base.render_images()}
+            planning = getattr(policy, "needs_plan", False)
+            action = policy.act(obs)
+            if planning:
+                ms, _ = plan_info(policy)
+                if ms is not None:
+                    plan_ms.append(ms)
+                n_calls = _model_calls(policy)
+                if n_calls is not None:
+                    calls.append(n_calls)
+            if latency_steps and planning and (steps == 0 or not plans_ahead):  # the robot waits
+                pending += [(base.hold_action(previous), None)] * latency_steps
+            pending.append((action, bool(getattr(policy, "started_chunk", planning))))
+        action, seam = pending.pop(0)
         current = np.asarray(action, dtype=np.float64).reshape(-1)
-        if previous is not None:
-            jumps[bool(planning)].append(float(np.linalg.norm(current - previous)))
+        if previous is not None and seam is not None:
+            jumps[seam].append(float(np.linalg.norm(current - previous)))
         previous = current
         obs, _reward, terminated, truncated, info = env.step(np.asarray(action, dtype=np.float32))
         steps += 1

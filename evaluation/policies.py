@@ -20,6 +20,11 @@ DEFAULT_POLICIES: dict[str, str] = {
 }
 
 
+# How an in-process agent plans under a simulated inference delay: wait for each plan (sync), plan the
+# next chunk while the current one runs (async), and also freeze the steps that run meanwhile.
+EXECUTION_MODES = ("sync", "async", "async-frozen")
+
+
 @dataclass(frozen=True)
 class PolicySpec:
     kind: str  # "checkpoint", "expert" or "remote"
@@ -31,11 +36,29 @@ class PolicySpec:
     device: str = "cpu"
     round_trip: str | None = None  # experts: an action tokenizer folder every action passes through
     warm_start: bool | None = None  # DFM: refine from the previous plan; None keeps the checkpoint's
+    execute_horizon: int | None = None  # actions of each chunk run before re-planning; None: checkpoint's
+    latency_steps: int = 0  # simulated inference delay in control steps (evaluation/episode.py)
+    execution: str = "sync"  # sync | async | async-frozen: how a checkpoint's agent plans under that delay
+
+    def __post_init__(self) -> None:
+        if self.execution not in EXECUTION_MODES:
+            raise ValueError(f"execution: expected one of {EXECUTION_MODES}, got {self.execution!r}")
+        if self.latency_steps < 0:
+            raise ValueError(f"latency_steps: expected >= 0 control steps, got {self.latency_steps}")
+        if self.latency_steps and self.kind == "remote":
+            raise ValueError(
+                "--latency-steps simulates a delay for an in-process policy; a --remote policy has its real "
+                "one (use RemotePolicy(asynchronous=True) to plan ahead of it)"
+            )
 
     def describe(self) -> str:
         if self.kind == "expert":
-            return f"expert through {self.round_trip}" if self.round_trip else "expert"
-        return f"{self.kind}:{self.path}"
+            name = f"expert through {self.round_trip}" if self.round_trip else "expert"
+        else:
+            name = f"{self.kind}:{self.path}"
+        if self.latency_steps:
+            name += f" (latency {self.latency_steps} steps, {self.execution})"
+        return name
 
 
 def policy_spec_from_args(env: str, policy: str | None, remote: str | None, **kw: Any) -> PolicySpec:
@@ -127,5 +150,11 @@ def build_model_policy(spec: PolicySpec) -> Any:
             kwargs["schedule"] = spec.schedule
         if spec.warm_start is not None:
             kwargs["warm_start"] = spec.warm_start
+        if spec.execute_horizon:
+            kwargs["execute_horizon"] = spec.execute_horizon
+        if spec.latency_steps:
+            plans_ahead = spec.execution != "sync"
+            kwargs["inference_delay"] = spec.latency_steps if plans_ahead else 0
+            kwargs["freeze_prefix"] = spec.execution == "async-frozen"
         return DFMPolicy.from_pretrained(spec.path, **kwargs)
     raise ValueError(f"policy kind {spec.kind!r} is built with its env (ExpertPolicy)")

@@ -19,7 +19,17 @@ from typing import Any
 from dfm_vla.utils.io import atomic_path, atomic_write_json
 
 # Meta fields that must match for --resume to continue a run (anything else may differ).
-RESUME_FIELDS = ("env", "policy", "decoder", "steps", "schedule", "seed", "max_steps")
+RESUME_FIELDS = (
+    "env",
+    "policy",
+    "decoder",
+    "steps",
+    "schedule",
+    "warm_start",
+    "execute_horizon",
+    "seed",
+    "max_steps",
+)
 
 
 def run_meta(env: str, policy: Any, *, seed: int, episodes_per_task: int | None, tasks: Any, **extra: Any):
@@ -31,6 +41,9 @@ def run_meta(env: str, policy: Any, *, seed: int, episodes_per_task: int | None,
         "steps": list(policy.steps) if policy.steps else None,
         "schedule": list(policy.schedule) if policy.schedule else None,
         "warm_start": getattr(policy, "warm_start", None),
+        "execute_horizon": getattr(policy, "execute_horizon", None),
+        "latency_steps": getattr(policy, "latency_steps", 0),
+        "execution": getattr(policy, "execution", "sync"),
         "seed": seed,
         "episodes_per_task": episodes_per_task or "full",
         "tasks": tasks,

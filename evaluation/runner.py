@@ -139,7 +139,13 @@ def run_one(env: Any, policy: Any, spec: EpisodeSpec, cfg: RunConfig, on_step=No
     """One episode; a crash becomes a failed episode with the reason; writes its video if asked."""
     try:
         result = run_episode(
-            env, policy, spec, record_video=cfg.video != "none", video_view=cfg.video_view, on_step=on_step
+            env,
+            policy,
+            spec,
+            record_video=cfg.video != "none",
+            video_view=cfg.video_view,
+            on_step=on_step,
+            latency_steps=cfg.policy.latency_steps,
         )
     except Exception as e:  # the evaluation goes on; the reason is recorded
         reason = f"crash: {type(e).__name__}: {e}"

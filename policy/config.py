@@ -81,6 +81,12 @@ class ModelConfig:
     warm_start_t0: float = 0.5
     warm_start_steps_fine: int = 3
     warm_start_steps_val: int = 1
+    # Real-time execution (agents/dfm_policy.py): plan the next chunk while the current one runs.
+    # inference_delay: control steps a plan takes (0 = synchronous: plan when the chunk ran out);
+    # freeze_prefix: keep the new chunk's first inference_delay steps fixed to the actions that run
+    # meanwhile (bins tokenizers), so the plan agrees with what the robot does while it is made.
+    inference_delay: int = 0
+    freeze_prefix: bool = True
     rate_head: bool = False  # DFM+Head's per-slot rates; set from the objective ("dfm_head")
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
@@ -112,7 +118,13 @@ class ModelConfig:
             )
 
     def _check_decoding(self) -> None:
-        for name in ("steps_fine", "steps_val", "warm_start_steps_fine", "warm_start_steps_val"):
+        for name in (
+            "steps_fine",
+            "steps_val",
+            "warm_start_steps_fine",
+            "warm_start_steps_val",
+            "inference_delay",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}: expected a non-negative int, got {value!r}")
@@ -124,8 +136,9 @@ class ModelConfig:
             raise ValueError(f"posterior_temperature: expected > 0, got {self.posterior_temperature!r}")
         if not 0.0 <= float(self.warm_start_t0) < 1.0:
             raise ValueError(f"warm_start_t0: expected a time in [0, 1), got {self.warm_start_t0!r}")
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f"warm_start: expected true or false, got {self.warm_start!r}")
+        for name in ("warm_start", "freeze_prefix"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -26,6 +26,9 @@ DD: start all masked (or from a partly masked x0); at each of T steps predict ev
 n0 (1 - (s + 1) / T) slots stay masked. An unmasked slot is never revisited.
 
 AR: left to right, one model call per slot, greedy; a written token is never revisited.
+
+Fixed slots (real-time chunking, the actions that will run while a plan is made): DFM takes ``frozen``
+(those slots start on their tokens and never jump), DD an ``x0`` unmasked there, AR a forced ``prefix``.
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def dfm_sample(
     top_k: int | None = None,
     temperature: float = 1.0,
     rate_fn: RateFn | None = None,
+    frozen: Tensor | None = None,
     device: torch.device | str | None = None,
     return_history: bool = False,
 ) -> SampleResult:
@@ -131,6 +135,9 @@ def dfm_sample(
     1 is the model's posterior; the greedy steps take the argmax either way).
     rate_fn: DFM+Head, stage 1 takes its rates from the head instead of the path (stage 2 still uses the
     denoiser's posterior). generator: a torch.Generator on the sampling device, for reproducibility.
+    frozen: (B, L) long, a token id where a slot is fixed (it starts there and never jumps; the model sees
+    it at every call), -1 where the slot is refined (real-time chunking: the actions that run while the
+    robot waits for this plan).
     """
     if steps_val < 0:
         raise ValueError(f"steps_val: expected >= 0, got {steps_val}")
@@ -152,6 +159,8 @@ def dfm_sample(
     if not 0.0 <= t_val < 1.0:
         raise ValueError(f"t_val: expected in [0, 1), got {t_val}")
     x = _start_tokens(x0, path, batch_size, num_slots, generator, device)
+    hold = _frozen_slots(frozen, x, path)
+    x = hold(x)
 
     recorder = _Recorder(x, return_history)
     for n in range(steps_fine):
@@ -164,11 +173,11 @@ def dfm_sample(
             posterior = path.posterior_log_probs(logits if temperature == 1.0 else logits / temperature).exp()
             rates = marginal_velocity(path, x, posterior, t, mode=velocity, top_k=top_k, generator=generator)
         x_new, _ = ctmc_euler_step(x, rates, h, generator)
-        x = recorder.record(x, x_new, t_n)
+        x = recorder.record(x, hold(x_new), t_n)
     for _ in range(steps_val):
         t = torch.full((batch_size,), t_val, device=device)
         logits = _check_output(denoiser(x, t), x, path.vocab_size)
-        x = recorder.record(x, path.posterior_log_probs(logits).argmax(-1), t_val)
+        x = recorder.record(x, hold(path.posterior_log_probs(logits).argmax(-1)), t_val)
     return recorder.result(x)
 
 
@@ -328,6 +337,21 @@ def _start_tokens(x0, path: MetricPath, batch_size: int, num_slots: int, generat
     if not path.tensors_on(device)[1][x].all():
         raise ValueError("x0: expected only ids of the path's slot vocabulary (path.allowed)")
     return x
+
+
+def _frozen_slots(frozen: Tensor | None, x: Tensor, path: MetricPath) -> Callable[[Tensor], Tensor]:
+    """A function that puts the frozen tokens back into a state (B, L); identity without ``frozen``."""
+    if frozen is None:
+        return lambda state: state
+    if frozen.shape != x.shape:
+        raise ValueError(
+            f"frozen: expected shape {tuple(x.shape)} (-1 where free), got {tuple(frozen.shape)}"
+        )
+    frozen = frozen.to(x.device).long()
+    fixed = frozen >= 0
+    if not path.tensors_on(x.device)[1][frozen[fixed]].all():
+        raise ValueError("frozen: expected ids of the path's slot vocabulary (path.allowed) or -1")
+    return lambda state: torch.where(fixed, frozen, state)
 
 
 def _check_output(logits: Tensor, x: Tensor, vocab_size: int | None) -> Tensor:

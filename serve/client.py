@@ -11,17 +11,27 @@ an old simulator environment can use it. The chunk queue and the episode live on
 connection, exactly as ``DFMPolicy`` keeps them in process; ``plan(obs)`` returns a whole chunk instead,
 for clients that execute chunks themselves.
 
+Real-time execution (``RemotePolicy(..., asynchronous=True)``, see :mod:`dfm_vla.serve.async_client`):
+the client keeps the queue, ``act`` returns at once from it, and the next chunk is planned (``plan``
+requests, in a background thread) while the robot keeps moving; the queued actions that still run
+meanwhile go along as ``frozen``, so the new chunk continues them. ``realtime_stats`` reports requests,
+stalls, the last splice index, the round trip and the seam jump.
+
 Protocol (version 1; each frame a msgpack map, arrays as in :mod:`dfm_vla.serve.msgpack_numpy`). On
 connect the server sends ``{"type": "metadata", "protocol", "action_dim", "chunk_length",
 "execute_horizon", "observation": {key: {"dtype", "shape"}}, "decoder", "checkpoint_id", "seed",
-"batching"}``. Then each request gets one reply carrying the request's ``id``:
+"batching", "frozen_prefix"}`` (``frozen_prefix``: whether plan requests may carry ``frozen``; absent
+from older servers, which means no). Then each request gets one reply carrying the request's ``id``:
 
 - ``{"type": "act", "id", "obs": map | [map, ...]}`` -> ``{"type": "actions", "actions": (B, action_dim)
   float32, "needs_plan": [bool] * B, "planned": [bool] * B, "episode", "step", "timing"}`` plus ``"plan"``
   (decoder, valid, changed_per_step, model_calls) when an env planned. Env i of a client keeps its own
   queue; only the observations of envs that plan are read.
-- ``{"type": "plan", "id", "obs": map}`` -> ``{"type": "chunk", "chunk": (chunk_length, action_dim),
-  "plan", "timing"}``; queues untouched.
+- ``{"type": "plan", "id", "obs": map, "frozen"?: (d, action_dim) float32}`` -> ``{"type": "chunk",
+  "chunk": (chunk_length, action_dim), "plan", "timing"}``; queues untouched. ``frozen`` (optional,
+  1 <= d < chunk_length, finite): actions the client executes while the server plans; the chunk's first
+  d steps are those actions (up to the action tokenizer's quantisation) and the rest continues them.
+  The chunk's step 0 is the step of ``obs``.
 - ``{"type": "reset", "id", "seed"?: int}`` -> ``{"type": "reset", "episode", "seed"}``.
 - ``{"type": "metadata", "id"}`` -> the metadata again.
 - anything wrong -> ``{"type": "error", "kind": "bad_request" | "internal", "id", "error": "..."}``.
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 import urllib.request
 from typing import Any
 
@@ -42,6 +54,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from dfm_vla.serve.async_client import RealtimeQueue, check_inference_delay
 from dfm_vla.serve.msgpack_numpy import packb, unpackb
 
 PROTOCOL_VERSION = 1
@@ -64,6 +77,14 @@ class RemotePolicy:
         host, port: where ``python cli.py serve`` listens.
         timeout_s: the longest wait for one reply.
         connect_timeout_s: the longest wait for the connection and the server's metadata.
+        asynchronous: real-time mode (:mod:`dfm_vla.serve.async_client`): the client keeps the action
+            queue, ``act`` returns at once while the next chunk is planned in the background, and waits
+            only when the queue ran dry (a stall, counted in :attr:`realtime_stats`).
+        inference_delay: (asynchronous) request the next chunk when this many actions are left, in
+            control steps; 1 <= d <= execute_horizon and d + execute_horizon <= chunk_length. None:
+            estimated as ceil(round trip / control period) from measurements, within those bounds.
+        freeze_prefix: (asynchronous) send the queued actions that run while the server plans as the
+            request's ``frozen`` prefix, so the new chunk continues them.
     """
 
     def __init__(
@@ -73,8 +94,17 @@ class RemotePolicy:
         timeout_s: float = 60.0,
         connect_timeout_s: float = 30.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        asynchronous: bool = False,
+        inference_delay: int | None = None,
+        freeze_prefix: bool = True,
     ) -> None:
+        if inference_delay is not None and not asynchronous:
+            raise ValueError("inference_delay: only used with asynchronous=True")
+        check_inference_delay(inference_delay)  # its bounds once the server's metadata is in
         self.host, self.port, self.timeout_s = host, int(port), timeout_s
+        self.asynchronous = bool(asynchronous)
+        self._lock = threading.Lock()  # one thread at a time on the connection (asynchronous mode has two)
+        self._realtime: RealtimeQueue | None = None
         self._stack = contextlib.ExitStack()  # closes the connection in close()
         try:
             self._ws = self._stack.enter_context(
@@ -106,6 +136,29 @@ class RemotePolicy:
         # decode_ms, total_ms, model_calls), plus the server's queue_ms, model_ms, batch_size, server_ms.
         self.last_plan: dict[str, Any] | None = None
         self.last_timing: dict[str, float] = {}  # server timing of the last reply, ms
+        if self.asynchronous:
+            try:
+                self._realtime = self._start_realtime(inference_delay, freeze_prefix)
+            except ValueError:
+                self.close()
+                raise
+
+    def _start_realtime(self, inference_delay: int | None, freeze_prefix: bool) -> RealtimeQueue:
+        check_inference_delay(inference_delay, self.chunk_length, self.execute_horizon)
+        if freeze_prefix and not self.metadata.get("frozen_prefix", False):
+            raise ValueError(
+                "freeze_prefix: the server's policy cannot keep a frozen prefix (metadata frozen_prefix is "
+                "not true); pass freeze_prefix=False, or serve a policy whose plan takes frozen_actions"
+            )
+        return RealtimeQueue(
+            self._request_chunk,
+            lambda obs: self._wire_obs(obs, True),
+            chunk_length=self.chunk_length,
+            execute_horizon=self.execute_horizon,
+            action_dim=self.action_dim,
+            inference_delay=inference_delay,
+            freeze_prefix=freeze_prefix,
+        )
 
     # ------------------------------------------------------------------ what the server serves
 
@@ -128,8 +181,22 @@ class RemotePolicy:
 
     @property
     def needs_plan(self) -> bool:
-        """True when the next ``act`` makes the server plan a new chunk (its queue for us is empty)."""
+        """True when the next ``act`` makes the server plan a new chunk (its queue for us is empty). In
+        asynchronous mode: when the next ``act`` may send its observation (a request goes out)."""
+        if self._realtime is not None:
+            return self._realtime.needs_observation
         return self._needs_plan_per_env[0] if self._needs_plan_per_env else True
+
+    @property
+    def realtime_stats(self) -> dict[str, Any]:
+        """Asynchronous mode, counted per client: ``requests``, ``stalls`` (act calls that waited, episode
+        starts included) and ``stall_ms``, ``splice_index`` (k: the last new queue began at chunk[k]),
+        ``round_trip_ms`` (the last request's), ``seam_jump`` (max over dims of |first action of the last
+        spliced chunk - the action served before it|), ``frozen`` (steps sent with the last request),
+        ``inference_delay`` (the threshold now), ``latency_ms`` (the round trip it assumes: the slowest
+        of the last few), ``period_ms`` (measured control period), ``in_flight``.
+        Empty in synchronous mode."""
+        return self._realtime.snapshot_stats() if self._realtime is not None else {}
 
     def needs_plan_batch(self, num_envs: int) -> list[bool]:
         """Per env, whether the next :meth:`act_batch` over ``num_envs`` envs plans for it."""
@@ -139,7 +206,11 @@ class RemotePolicy:
     # ------------------------------------------------------------------ the policy interface
 
     def reset(self, seed: int | None = None) -> None:
-        """Start a new episode: the server drops this client's queued actions (and reseeds, if ``seed``)."""
+        """Start a new episode: the server drops this client's queued actions (and reseeds, if ``seed``).
+        Asynchronous mode: the client's queue is dropped too, and a reply still in flight is waited for and
+        discarded (never served in the new episode)."""
+        if self._realtime is not None:
+            self._realtime.reset()
         request: dict[str, Any] = {"type": "reset"}
         if seed is not None:
             request["seed"] = int(seed)
@@ -148,13 +219,18 @@ class RemotePolicy:
         self.last_plan = None
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
-        """The next action, (action_dim,) float32; the server plans a new chunk when the queue is empty."""
+        """The next action, (action_dim,) float32; the server plans a new chunk when the queue is empty.
+        Asynchronous mode: from the client's queue, without waiting while a plan is in flight."""
+        if self._realtime is not None:
+            return self._realtime.act(obs)
         reply = self._request({"type": "act", "obs": self._wire_obs(obs, self.needs_plan)})
         self._needs_plan_per_env[:1] = [bool(reply["needs_plan"][0])]
         return np.array(reply["actions"][0])
 
     def act_batch(self, obs_list: list[dict[str, Any]]) -> np.ndarray:
         """One action for each of ``B`` environments, (B, action_dim); env ``i`` keeps its own queue."""
+        if self._realtime is not None:
+            raise ValueError("act_batch: not available with asynchronous=True (one env per client there)")
         if not isinstance(obs_list, (list, tuple)) or not obs_list:
             raise ValueError(
                 f"obs_list: expected a non-empty list of observation dicts, got {obs_list!r:.80}"
@@ -166,10 +242,24 @@ class RemotePolicy:
         self._needs_plan_per_env = [bool(x) for x in reply["needs_plan"]]
         return np.array(reply["actions"])
 
-    def plan(self, obs: dict[str, Any]) -> np.ndarray:
+    def plan(self, obs: dict[str, Any], frozen: np.ndarray | None = None) -> np.ndarray:
         """A whole chunk for ``obs``, (chunk_length, action_dim), for clients that execute chunks themselves
-        (the first ``execute_horizon`` rows are what ``act`` would serve). Leaves the server's queue alone."""
-        return np.array(self._request({"type": "plan", "obs": self._wire_obs(obs, True)})["chunk"])
+        (the first ``execute_horizon`` rows are what ``act`` would serve). Leaves the server's queue alone.
+        ``frozen`` (d, action_dim): actions that run while the server plans; the chunk starts with them."""
+        return np.array(self._request(self._plan_request(self._wire_obs(obs, True), frozen))["chunk"])
+
+    @staticmethod
+    def _plan_request(wire_obs: Any, frozen: np.ndarray | None) -> dict[str, Any]:
+        request: dict[str, Any] = {"type": "plan", "obs": wire_obs}
+        if frozen is not None:
+            request["frozen"] = np.asarray(frozen, dtype=np.float32) if _is_numeric(frozen) else frozen
+        return request
+
+    def _request_chunk(self, wire_obs: Any, frozen: np.ndarray | None) -> tuple[np.ndarray, float]:
+        """Asynchronous mode, in the background thread: one plan request; the chunk and the round trip."""
+        start = time.perf_counter()
+        chunk = np.array(self._request(self._plan_request(wire_obs, frozen))["chunk"])
+        return chunk, (time.perf_counter() - start) * 1e3
 
     def _wire_obs(self, obs: Any, planning: bool) -> Any:
         """What goes on the wire: the keys (and image views) the model reads, and nothing at all for an env
@@ -191,13 +281,17 @@ class RemotePolicy:
     # ------------------------------------------------------------------ plumbing
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:  # asynchronous mode: the background thread and the caller share the connection
+            return self._request_locked(request)
+
+    def _request_locked(self, request: dict[str, Any]) -> dict[str, Any]:
         self._next_id += 1
-        request["id"] = self._next_id
+        request["id"] = request_id = self._next_id
         try:
             self._ws.send(packb(request))
             while True:
                 reply = unpackb(self._ws.recv(timeout=self.timeout_s))
-                if reply.get("id") == self._next_id:
+                if reply.get("id") == request_id:
                     break  # replies to requests abandoned after a timeout are skipped
         except TimeoutError as exc:
             raise TimeoutError(f"no reply from the policy server within {self.timeout_s} s") from exc
@@ -214,7 +308,9 @@ class RemotePolicy:
         return reply
 
     def close(self) -> None:
-        self._stack.close()
+        self._stack.close()  # first: a background request waiting for its reply then fails at once
+        if self._realtime is not None:
+            self._realtime.close()
 
     def __enter__(self) -> RemotePolicy:
         return self
@@ -227,6 +323,13 @@ class RemotePolicy:
             f"RemotePolicy(ws://{self.host}:{self.port}, checkpoint={self.metadata.get('checkpoint_id')!r}, "
             f"action_dim={self.action_dim})"
         )
+
+
+def _is_numeric(value: Any) -> bool:
+    try:
+        return np.asarray(value).dtype.kind in "biuf"
+    except (TypeError, ValueError):
+        return False
 
 
 def example_observation(obs_spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:

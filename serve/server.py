@@ -18,6 +18,11 @@ problem, and the connection stays usable; a client that disconnects mid-request 
 batch (or its reply discarded); every other client goes on. An observation that fails inside a batch
 is re-planned alone, so one bad request cannot fail its neighbours.
 
+A ``plan`` request may carry ``"frozen"`` (d, action_dim): actions the client will still execute while
+the server plans (real-time chunking). The policy keeps them as the chunk's first d steps and plans the
+rest around them (``DFMPolicy.plan(..., frozen_actions=)``). Plans with different frozen lengths (or
+none) never share a model call; requests without ``frozen`` batch exactly as before.
+
 Endpoints: ``ws://HOST:PORT/`` (the protocol, see :mod:`dfm_vla.serve.client`) and
 ``http://HOST:PORT/healthz`` (JSON: status, uptime, clients, requests; never touches the model).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http
+import inspect
 import itertools
 import json
 import logging
@@ -90,6 +96,12 @@ class _PlanRequest:
     future: asyncio.Future
     client: _Client
     enqueued: float
+    frozen: np.ndarray | None = None  # (d, action_dim) float32: the chunk's first d steps, kept fixed
+
+    @property
+    def group(self) -> int:
+        """Requests batch together only within one group: the frozen length d (0: none)."""
+        return 0 if self.frozen is None else len(self.frozen)
 
 
 def checkpoint_id(policy_dir: str | Path) -> str:
@@ -103,6 +115,25 @@ def checkpoint_id(policy_dir: str | Path) -> str:
         with open(path, "rb") as f:
             digest.update(f.read(2**20))
     return f"{root.resolve().name}-{digest.hexdigest()[:12]}"
+
+
+def _validate_frozen(frozen: Any, action_dim: int, chunk_length: int) -> np.ndarray:
+    """A plan request's ``frozen`` prefix as (d, action_dim) float32, 1 <= d < chunk_length, all finite."""
+    arr = np.asarray(frozen) if isinstance(frozen, (np.ndarray, list, tuple)) else None
+    if arr is None or arr.dtype.kind not in "biuf":
+        raise BadRequest(
+            f"frozen: expected a numeric array (d, {action_dim}), got "
+            f"{type(frozen).__name__ if arr is None else f'dtype {arr.dtype}'}"
+        )
+    if arr.ndim != 2 or arr.shape[1] != action_dim:
+        raise BadRequest(f"frozen: expected shape (d, {action_dim}), got {tuple(arr.shape)}")
+    if not 1 <= arr.shape[0] < chunk_length:
+        raise BadRequest(
+            f"frozen: expected 1 <= d < {chunk_length} (the chunk length) frozen steps, got {arr.shape[0]}"
+        )
+    if not np.isfinite(arr).all():
+        raise BadRequest("frozen: contains NaN or inf")
+    return np.array(arr, dtype=np.float32)
 
 
 def _validate_obs(obs: Any, spec: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +205,18 @@ class PolicyBackend:
             "decoder": policy.decoder,
             "observation": obs,
             "seed": policy.seed,
+            "frozen_prefix": self.supports_frozen(),
         }
+
+    def supports_frozen(self) -> bool:
+        """Whether the policy's ``plan`` takes ``frozen_actions`` (keeps a chunk's first steps fixed):
+        its signature says so and its action tokenizer is one it can freeze (uniform bins)."""
+        try:
+            takes_it = "frozen_actions" in inspect.signature(self.policy.plan).parameters
+        except (TypeError, ValueError):
+            return False
+        tokenizer = getattr(self.policy, "action_tokenizer", None)
+        return takes_it and getattr(tokenizer, "kind", "bins") == "bins"  # DFMPolicy: bins only
 
     def check(self, obs: dict[str, Any]) -> None:
         """Raise ValueError naming the first bad key (the in-process policy's own message)."""
@@ -183,9 +225,18 @@ class PolicyBackend:
     def seed_env(self, env_index: int, seed: int) -> None:
         self.policy.seed_env(env_index, seed)
 
-    def plan(self, obs_list: list[dict[str, Any]], env_indices: list[int]) -> tuple[np.ndarray, list[dict]]:
-        """(B, chunk_length, action_dim) float32 chunks and, per row, the plan's report."""
-        chunks = self.policy.plan(obs_list, env_indices)
+    def plan(
+        self,
+        obs_list: list[dict[str, Any]],
+        env_indices: list[int],
+        frozen_actions: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[dict]]:
+        """(B, chunk_length, action_dim) float32 chunks and, per row, the plan's report. ``frozen_actions``
+        (B, d, action_dim): each chunk's first d steps, kept fixed while the policy plans the rest."""
+        if frozen_actions is None:
+            chunks = self.policy.plan(obs_list, env_indices)
+        else:
+            chunks = self.policy.plan(obs_list, env_indices, frozen_actions=frozen_actions)
         info = self.policy.last_plan
         shared = {
             "decoder": info.decoder,
@@ -228,6 +279,7 @@ class PolicyServer:
             "checkpoint_id": self.config.checkpoint_id,
             "seed": self.seed,
             "batching": {"window_ms": self.config.batch_window_ms, "max_batch": self.config.max_batch},
+            "frozen_prefix": bool(spec.get("frozen_prefix", False)),  # plan requests may carry "frozen"
         }
         self.port: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfm-vla-model")
@@ -424,19 +476,32 @@ class PolicyServer:
         return reply
 
     async def _plan_one(self, client: _Client, msg: dict[str, Any]) -> dict[str, Any]:
-        """A whole chunk (chunk_length, action_dim) for one observation; the queues are left alone."""
+        """A whole chunk (chunk_length, action_dim) for one observation; the queues are left alone. With
+        ``frozen`` (d, action_dim), the chunk's first d steps are those actions."""
         if isinstance(msg.get("obs"), list):
             raise BadRequest("obs: a plan request takes one observation map, not a list")
+        frozen = None
+        if msg.get("frozen") is not None:
+            if not self.metadata["frozen_prefix"]:
+                raise BadRequest(
+                    "frozen: this server's policy cannot keep a frozen prefix (its plan takes no "
+                    "frozen_actions); send plan requests without 'frozen'"
+                )
+            frozen = _validate_frozen(
+                msg["frozen"], self.metadata["action_dim"], self.metadata["chunk_length"]
+            )
         obs = self._checked(msg.get("obs"), "")
         slot = await self._slot(client, 0)
-        chunk, plan, timing = await self._submit(client, obs, slot.env_index)
+        chunk, plan, timing = await self._submit(client, obs, slot.env_index, frozen)
         return {"type": "chunk", "chunk": chunk, "plan": plan, "timing": timing}
 
     # ------------------------------------------------------------------ batching
 
-    def _submit(self, client: _Client, obs: dict[str, Any], env_index: int) -> asyncio.Future:
+    def _submit(
+        self, client: _Client, obs: dict[str, Any], env_index: int, frozen: np.ndarray | None = None
+    ) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_PlanRequest(obs, env_index, future, client, time.perf_counter()))
+        self._queue.put_nowait(_PlanRequest(obs, env_index, future, client, time.perf_counter(), frozen))
         return future
 
     async def _batcher(self) -> None:
@@ -457,14 +522,19 @@ class PolicyServer:
                 except TimeoutError:
                     break
             batch = [r for r in batch if not r.future.done() and r.client.id in self._clients]
-            if batch:
-                await self._run_batch(batch)
+            # One model call per frozen length (none, d=1, d=2, ...), groups in order of arrival.
+            groups: dict[int, list[_PlanRequest]] = {}
+            for request in batch:
+                groups.setdefault(request.group, []).append(request)
+            for group in groups.values():
+                await self._run_batch(group)
 
     async def _run_batch(self, batch: list[_PlanRequest]) -> None:
         start = time.perf_counter()
         try:
+            frozen = None if batch[0].frozen is None else np.stack([r.frozen for r in batch])
             chunks, rows = await self._in_model_thread(
-                self._plan, [r.obs for r in batch], [r.env_index for r in batch]
+                self._plan, [r.obs for r in batch], [r.env_index for r in batch], frozen
             )
         except Exception as exc:
             if len(batch) > 1:  # find the culprit: plan each alone, so the others still get answers
@@ -490,9 +560,18 @@ class PolicyServer:
             }
             request.future.set_result((chunk, row, timing))
 
-    def _plan(self, obs_list: list[dict[str, Any]], env_indices: list[int]) -> tuple[np.ndarray, list[dict]]:
-        """In the model thread: (B, chunk_length, action_dim) float32 chunks and the per-row reports."""
-        chunks, rows = self.backend.plan(obs_list, env_indices)
+    def _plan(
+        self,
+        obs_list: list[dict[str, Any]],
+        env_indices: list[int],
+        frozen_actions: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[dict]]:
+        """In the model thread: (B, chunk_length, action_dim) float32 chunks and the per-row reports;
+        ``frozen_actions`` (B, d, action_dim) or None (then the backend is called exactly as before)."""
+        if frozen_actions is None:
+            chunks, rows = self.backend.plan(obs_list, env_indices)
+        else:
+            chunks, rows = self.backend.plan(obs_list, env_indices, frozen_actions=frozen_actions)
         want = (len(obs_list), self.metadata["chunk_length"], self.metadata["action_dim"])
         if chunks.shape != want:
             raise RuntimeError(f"the policy planned chunks of shape {chunks.shape}, expected {want}")

@@ -93,6 +93,19 @@ def test_dashboard_falls_back_to_plain_lines_without_a_terminal():
     assert "\x1b[" not in text  # no terminal control codes
 
 
+def test_dashboard_shows_the_seam_jump_against_the_jump_inside_chunks():
+    console = Console(file=io.StringIO(), width=140)
+    dash = Dashboard("rollout libero_goal (latency 2 steps, async-frozen)", 2, live=False, console=console)
+    for init, (seam, inside) in enumerate([(0.3, 0.1), (0.5, 0.3)]):
+        episode = _episode(0, init, True)
+        episode.seam_jump, episode.step_jump = seam, inside
+        dash.on_episode(episode)
+    console.print(dash.render())
+    text = console.file.getvalue()
+    assert "latency 2 steps, async-frozen" in text
+    assert "seam jump 0.400" in text and "inside chunks 0.200" in text
+
+
 def test_revision_bars_scale_to_the_busiest_step_and_names_say_the_outcome():
     assert revision_bars([8, 4, 0]) == "█▄ "
     assert revision_bars(None) == ""

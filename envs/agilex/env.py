@@ -260,6 +260,11 @@ class AgileXEnv(gym.Env):
             return None
         return self._render_camera("cam_high")
 
+    def hold_action(self, previous: np.ndarray | None = None) -> np.ndarray:
+        """(14,) the joint targets the actuators track now: what the robot runs while it waits for a plan
+        (``--latency-steps``; absolute targets, so holding them keeps the arms where they are headed)."""
+        return self.joint_targets.astype(np.float32)
+
     def render_images(self) -> dict[str, np.ndarray]:
         """Render the three cameras now: {camera name: (H, W, 3) uint8}."""
         if self.camera_mode == "none":

@@ -235,6 +235,14 @@ class CalvinEnv(gym.Env):
         doors = {j: float(q[self._door_qpos[j]]) for j in ("base__slide", "base__drawer")}
         return SceneSnapshot(blocks, doors, dict(self.lights), frozenset(contacts["robot"]))
 
+    def hold_action(self, previous: np.ndarray | None = None) -> np.ndarray:
+        """(7,) the action that keeps the TCP target where it is and the gripper as last commanded (open
+        before any action): what the robot runs while it waits for a plan (``--latency-steps``)."""
+        gripper = 1.0 if previous is None else float(np.asarray(previous).reshape(-1)[-1])
+        if self.action_mode == "relative":
+            return np.array([0, 0, 0, 0, 0, 0, gripper], dtype=np.float32)
+        return np.concatenate([self._target_pos, self._target_euler, [gripper]]).astype(np.float32)
+
     def render_images(self) -> dict[str, np.ndarray]:
         """Render the current state: {"static": (S, S, 3), "gripper": (G, G, 3)} uint8."""
         s = self.image_size

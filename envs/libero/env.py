@@ -209,6 +209,14 @@ class LiberoEnv(gym.Env):
                 out[start + 3 + j] = data.qpos[addr]
         return out.astype(np.float32)
 
+    def hold_action(self, previous: np.ndarray | None = None) -> np.ndarray:
+        """(7,) the action that keeps the arm where it is (zero motion) and the gripper as last commanded
+        (open before any action): what the robot runs while it waits for a plan (``--latency-steps``)."""
+        hold = protocol.SETTLE_ACTION.copy()
+        if previous is not None:
+            hold[-1] = float(np.asarray(previous).reshape(-1)[-1])
+        return hold.astype(np.float32)
+
     def render_images(self) -> dict[str, np.ndarray]:
         """Render every camera now: {view: uint8 (S, S, 3)}, rotated 180 degrees (protocol)."""
         if self.camera_mode == "none" and self.render_mode != "rgb_array":
