@@ -9,6 +9,11 @@ is the expert's action plus Gaussian noise on the motion dims, the recorded acti
 action, and the closed-loop expert corrects the drift, so the demos cover states off the nominal path.
 An expert may scale the noise per step (``expert.noise_scale``, 0 during precise grasps and releases).
 
+``--takeover POLICY_DIR`` collects recovery demos (one DAgger-style round): a learned policy acts for the
+first k steps of each episode (k drawn per episode from ``--takeover-steps LO,HI``), then the expert takes
+over from the state the policy left and only its part is recorded. The demos then start where the
+policy's own mistakes lead, which expert demos from the nominal initial states never visit.
+
 Env hooks used when present (``env.unwrapped``): ``num_tasks`` (reset option ``task_id``),
 ``problem_info()``, ``demo_obs_extras()``, ``get_sim_state()``, ``render_images()``.
 """
@@ -43,6 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-attempts", type=int, default=None, help="give up on a task after this many episodes (3x)"
     )
+    parser.add_argument(
+        "--takeover",
+        metavar="POLICY_DIR",
+        help="recovery demos: this policy acts first, the expert takes over and is recorded",
+    )
+    parser.add_argument(
+        "--takeover-steps",
+        default="10,150",
+        metavar="LO,HI",
+        help="with --takeover: policy steps before the expert takes over, uniform in [LO, HI] (10,150)",
+    )
 
 
 def load_expert(env_name: str):
@@ -70,13 +86,25 @@ def run_expert_episode(
     noise: float = 0.0,
     images: bool = False,
     image_keys: dict[str, str] | None = None,
+    takeover: tuple[Any, int] | None = None,
 ):
-    """One expert episode -> (Demo, final info). ``noise`` > 0 perturbs the executed motion actions."""
+    """One expert episode -> (Demo, final info). ``noise`` > 0 perturbs the executed motion actions.
+
+    takeover: (policy, k): the policy acts for the first k steps and the expert takes over from there; the
+    demo holds the expert's part only. Returns (None, info) when the episode ended within the k steps.
+    """
     from dfm_vla.envs.demo_file import Demo
 
     base = env.unwrapped
     rng = np.random.default_rng(seed)
     obs, info = env.reset(seed=seed, options=options or None)
+    if takeover is not None:
+        policy, policy_steps = takeover
+        policy.reset(seed=seed)
+        for _ in range(policy_steps):
+            obs, _, terminated, truncated, info = env.step(policy.act(obs))
+            if terminated or truncated or info.get("success", False):
+                return None, {**info, "failure_reason": "the policy ended the episode before the takeover"}
     expert.reset(env)
     rows: dict[str, list[np.ndarray]] = {}
     actions, states, rewards = [], [], []
@@ -120,9 +148,33 @@ def run_expert_episode(
         task_index=int(getattr(base, "task_id", 0)),
         states=np.stack(states) if states else None,
         rewards=np.asarray(rewards, np.float64),
-        attrs={"noise": float(noise)},
+        attrs={"noise": float(noise), "takeover_steps": takeover[1] if takeover else 0},
     )
     return demo, info
+
+
+def _takeover_policy(args: argparse.Namespace) -> tuple[Any, tuple[int, int]]:
+    """(policy or None, (lo, hi + 1)) for ``--takeover`` / ``--takeover-steps``."""
+    try:
+        lo, hi = (int(x) for x in str(args.takeover_steps).split(","))
+    except ValueError:
+        raise ValueError(
+            f"--takeover-steps: expected LO,HI (e.g. 10,150), got {args.takeover_steps!r}"
+        ) from None
+    if not 0 <= lo <= hi:
+        raise ValueError(f"--takeover-steps: expected 0 <= LO <= HI, got {lo},{hi}")
+    if not args.takeover:
+        return None, (lo, hi + 1)
+    if args.images:
+        raise ValueError("--takeover: recovery demos with --images are not supported yet")
+    from dfm_vla.agents.dfm_policy import DFMPolicy
+
+    policy = DFMPolicy.from_pretrained(args.takeover, seed=args.seed)
+    if policy.uses_images:
+        raise ValueError(
+            f"--takeover {args.takeover}: an image policy; the collector renders no cameras for it"
+        )
+    return policy, (lo, hi + 1)
 
 
 def _progress_path(out: Path, task_id: int) -> Path:
@@ -144,6 +196,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     expert = load_expert(args.env)
+    policy, takeover_range = _takeover_policy(args)
     camera_mode = "on_demand" if args.images else "none"
     env = make_env(args.env, camera_mode=camera_mode, image_size=args.image_size)
     base = env.unwrapped
@@ -190,6 +243,9 @@ def main(args: argparse.Namespace) -> int:
             while len(writer) < args.episodes and attempts < max_attempts:
                 seed = episode_seed(args.seed, task_id, attempts)
                 noisy = args.noise > 0 and np.random.default_rng(seed + 7).random() < args.noise_fraction
+                takeover = None
+                if policy is not None:
+                    takeover = (policy, int(np.random.default_rng(seed + 11).integers(*takeover_range)))
                 demo, info = run_expert_episode(
                     env,
                     expert,
@@ -198,11 +254,12 @@ def main(args: argparse.Namespace) -> int:
                     noise=args.noise if noisy else 0.0,
                     images=args.images,
                     image_keys=image_keys,
+                    takeover=takeover,
                 )
                 attempts += 1
                 by_noise["noisy" if noisy else "clean"][0] += 1
-                by_noise["noisy" if noisy else "clean"][1] += int(demo.success)
-                if demo.success:
+                by_noise["noisy" if noisy else "clean"][1] += int(demo is not None and demo.success)
+                if demo is not None and demo.success:
                     writer.add(demo)
                     steps.append(demo.num_samples)
                     progress.advance(bar)
@@ -214,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
                     state_path,
                     {
                         "task_id": task_id,
-                        "instruction": demo.language,
+                        "instruction": getattr(base, "instruction", ""),
                         "file": writer.path.name,
                         "demos": len(writer),
                         "attempts": attempts,
@@ -266,6 +323,8 @@ def write_summary(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         "env": args.env,
         "noise": args.noise,
         "noise_fraction": args.noise_fraction,
+        "takeover": getattr(args, "takeover", None),
+        "takeover_steps": getattr(args, "takeover_steps", None) if getattr(args, "takeover", None) else None,
         "images": bool(args.images),
         "rows": rows,
     }

@@ -82,3 +82,22 @@ def test_collect_with_images_and_noise(tmp_path):
     n = demo.num_samples
     assert demo.obs["agentview_rgb"].shape == (n, 32, 32, 3) and demo.obs["eye_in_hand_rgb"].dtype == np.uint8
     assert np.abs(demo.actions).max() <= 1.0  # recorded actions are the clean expert actions
+
+
+def test_recovery_demos_start_where_the_policy_left_the_scene(tmp_path, repo_root, capsys):
+    out = tmp_path / "recovery"
+    args = ["collect", "--env", "libero_goal", "--episodes", "1", "--tasks", str(STOVE), "--out", str(out)]
+    policy = repo_root / "checkpoints" / "libero_goal_tiny_dfm"
+    assert cli_main([*args, "--takeover", str(policy), "--takeover-steps", "30,30"]) == 0
+    _, demos = read_demo_file(out / "turn_on_the_stove_demo.hdf5")
+    demo = demos[0]
+    assert demo.success and demo.attrs["takeover_steps"] == 30
+    # the recorded part starts 30 policy steps into the episode, not at the reset state
+    env = make_env("libero_goal").unwrapped
+    obs, _ = env.reset(seed=demo.seed, options={"task_id": STOVE})
+    assert np.abs(obs["state"][:3] - demo.obs["state"][0][:3]).max() > 0.01  # the arm has moved
+    env.close()
+    summary = json.loads((out / "collect_summary.json").read_text())
+    assert summary["takeover"] == str(policy) and summary["takeover_steps"] == "30,30"
+    assert cli_main([*args, "--takeover", str(policy), "--takeover-steps", "50,10"]) == 2
+    assert "--takeover-steps: expected 0 <= LO <= HI" in capsys.readouterr().err

@@ -93,6 +93,20 @@ def test_warm_start_continues_from_a_trained_policy(demos, tmp_path):
         train(small_config(demos, tmp_path / "x", warm_start=str(tmp_path / "missing")), progress=False)
 
 
+def test_fine_tuning_on_other_demos_keeps_the_policys_tokenizer_and_statistics(demos, tmp_path):
+    first = tmp_path / "first"
+    train(small_config(demos, first, max_steps=2), progress=False)
+    other = write_demos(tmp_path / "other.hdf5", n_per_task=4, seed=5)  # other states and actions
+    tuned = tmp_path / "tuned"
+    train(small_config(other, tuned, max_steps=2, warm_start=str(first)), progress=False)
+    # refitted on the new demos, bin i and the state's units would mean something else to the weights
+    for name in ("normalization.json", "action_tokenizer/action_tokenizer.json"):
+        assert (tuned / name).read_text() == (first / name).read_text(), name
+    fresh = tmp_path / "fresh"
+    train(small_config(other, fresh, max_steps=2), progress=False)
+    assert (fresh / "normalization.json").read_text() != (first / "normalization.json").read_text()
+
+
 def test_kill_and_resume_matches_an_uninterrupted_run(demos, tmp_path):
     steps, save_every, kill_at = 8, 3, 6
     whole = small_config(demos, tmp_path / "whole", max_steps=steps, save_every=save_every, eval_every=4)

@@ -31,6 +31,7 @@ from dfm_vla.train.model_setup import (
     build_metric_path,
     count_parameters,
     load_init_weights,
+    load_pretrained_for_warm_start,
     load_warm_start,
     lr_lambda,
     make_objective,
@@ -112,7 +113,12 @@ class Trainer:
         # Data, tokenizer and statistics: deterministic, so every rank computes the same.
         self.data = data = load_training_data(cfg)
         tokenizer_dir = out_dir / "action_tokenizer"
-        if latest is not None and tokenizer_dir.is_dir():
+        # Fine-tuning a policy (warm_start) keeps its action tokenizer and state statistics: refitted on
+        # new demos, token i and the state's units would mean something else to the loaded weights.
+        warm = load_pretrained_for_warm_start(cfg.warm_start) if cfg.warm_start else None
+        if warm is not None:
+            self.tokenizer = warm.action_tokenizer
+        elif latest is not None and tokenizer_dir.is_dir():
             from dfm_vla.policy.action_tokenizer import load_action_tokenizer
 
             self.tokenizer = load_action_tokenizer(tokenizer_dir)
@@ -125,7 +131,9 @@ class Trainer:
             data.val.attach_tokenizer(self.tokenizer, cfg.mask_padded_steps)
         self.norm_stats: dict[str, Any] = {}
         state_stats = data.train.state_statistics()
-        if state_stats is not None:
+        if warm is not None:
+            self.norm_stats = dict(warm.norm_stats)
+        elif state_stats is not None:
             self.norm_stats["state"] = state_stats
 
         # Model: the same initial weights on every rank.
@@ -138,8 +146,8 @@ class Trainer:
         )
         if cfg.init_from:
             load_init_weights(model, cfg.init_from, self.tokenizer, info)
-        if cfg.warm_start and latest is None:
-            load_warm_start(model, cfg.warm_start, info)
+        if warm is not None and latest is None:
+            load_warm_start(model, warm, cfg.warm_start, info)
         if cfg.activation_checkpointing:
             model.set_gradient_checkpointing(True)
         self.model = model.to(info.device)

@@ -160,15 +160,20 @@ def load_init_weights(model, path: str, action_tokenizer, info) -> None:
         print(f"init_from {path}: {report}")
 
 
-def load_warm_start(model, path: str, info) -> None:
-    """Start from the weights of a dfm-vla policy folder (read by ``load_pretrained``) whose model config
-    matches this run's."""
+def load_pretrained_for_warm_start(path: str):
+    """The dfm-vla policy folder ``warm_start`` names (a ``PolicyBundle``: model, tokenizers, statistics)."""
     from dfm_vla.policy.checkpoint import load_pretrained
 
     try:
-        saved = load_pretrained(path).model
+        return load_pretrained(path)
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"warm_start: {err}") from None
+
+
+def load_warm_start(model, bundle, path: str, info) -> None:
+    """Start from the weights of a loaded dfm-vla policy (``load_pretrained_for_warm_start``) whose model
+    config matches this run's; the run also keeps its action tokenizer and state statistics."""
+    saved = bundle.model
     fields = (
         "hidden_size",
         "num_layers",
