@@ -315,6 +315,11 @@ class DFMPolicy:
         planning = [i for i in range(num_envs) if self._needs_plan(i)]
         if planning:
             self._plan(planning, [observations[i] for i in planning])
+        # inference_delay == execute_horizon: the next request goes out with a chunk's first action, so a
+        # first chunk (served from step 0, nothing running before it) is followed by a plan at once
+        again = [i for i in planning if self._needs_plan(i)]
+        if again:
+            self._plan(again, [observations[i] for i in again])
         actions = []
         for i in range(num_envs):
             action, slot, self._started[i] = self._queues[i].popleft()
@@ -375,7 +380,9 @@ class DFMPolicy:
             guesses = frozen = None
             if is_warm or is_frozen:
                 previous = torch.as_tensor(np.stack([self._previous[i] for i in group]), device=self.device)
-                executed = [self._next_slot[i] for i in group]  # steps of the previous chunk before now
+                # the step of the last chunk that runs next: the first running one (they all come from
+                # that chunk), else the one after the last served
+                executed = [running[i][0][1] if running[i] else self._next_slot[i] for i in group]
             if is_warm:
                 guesses = torch.cat(
                     [shifted_plan(previous[r : r + 1], dim, ex) for r, ex in enumerate(executed)]

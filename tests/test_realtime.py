@@ -108,6 +108,22 @@ def test_planning_ahead_runs_the_queued_steps_and_freezes_them_in_the_next_chunk
     assert unfrozen.last_plan.frozen_steps == 0
 
 
+def test_a_delay_as_long_as_the_executed_part_plans_with_every_chunks_first_action(tmp_path):
+    # chunks of 6, 3 executed, 3 steps to plan: each request goes out as a chunk's first action runs
+    directory = _save(tmp_path / "dfm", "dfm")
+    agent = DFMPolicy.from_pretrained(directory, seed=0, execute_horizon=3, inference_delay=3)
+    rng = np.random.default_rng(0)
+    plans, seams = [], []
+    for step in range(10):
+        before = agent.num_plans
+        agent.act(_obs(rng))
+        plans.append(agent.num_plans - before)
+        if agent.started_chunk:
+            seams.append(step)
+    assert plans == [2, 0, 0, 1, 0, 0, 1, 0, 0, 1]  # step 0: the first chunk, then the request at once
+    assert seams == [0, 3, 6, 9] and agent.last_plan.frozen_steps == 3
+
+
 def test_inference_delay_is_checked_against_the_chunk(checkpoints):
     with pytest.raises(ValueError, match="inference_delay"):  # 3 + 4 executed > the 6-step chunk
         DFMPolicy.from_pretrained(checkpoints["dfm"], inference_delay=3)
