@@ -181,7 +181,6 @@ class DFMPolicy:
                 f"policy decodes {self.action_tokenizer.kind!r} tokens: pass freeze_prefix=False"
             )
         self._queues: list[deque] = []  # per env: (action (D,), its step in its chunk, first served of it)
-        self._next_slot: list[int] = []  # per env: the step of its last chunk that is served next
         self._started: list[bool] = []  # per env: the last action served was the first of a new chunk
         self._previous: list[np.ndarray | None] = []  # per env: tokens (L,) of its last plan (warm start)
         self._generators: list[torch.Generator] = []
@@ -280,7 +279,6 @@ class DFMPolicy:
     def _ensure_envs(self, n: int) -> None:
         while len(self._queues) < n:
             self._queues.append(deque())
-            self._next_slot.append(0)
             self._started.append(False)
         while len(self._previous) < n:
             self._previous.append(None)
@@ -322,8 +320,7 @@ class DFMPolicy:
             self._plan(again, [observations[i] for i in again])
         actions = []
         for i in range(num_envs):
-            action, slot, self._started[i] = self._queues[i].popleft()
-            self._next_slot[i] = slot + 1
+            action, _, self._started[i] = self._queues[i].popleft()
             actions.append(action)
         return np.stack(actions)
 
@@ -381,8 +378,9 @@ class DFMPolicy:
             if is_warm or is_frozen:
                 previous = torch.as_tensor(np.stack([self._previous[i] for i in group]), device=self.device)
                 # the step of the last chunk that runs next: the first running one (they all come from
-                # that chunk), else the one after the last served
-                executed = [running[i][0][1] if running[i] else self._next_slot[i] for i in group]
+                # that chunk); with none running the chunk ran out, served from its step 0 (a chunk served
+                # from a later step is only ever planned ahead of, so its queue never runs dry)
+                executed = [running[i][0][1] if running[i] else self.execute_horizon for i in group]
             if is_warm:
                 guesses = torch.cat(
                     [shifted_plan(previous[r : r + 1], dim, ex) for r, ex in enumerate(executed)]
