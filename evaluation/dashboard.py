@@ -81,7 +81,8 @@ class Dashboard:
         self.results.append(result)
         if not self.live_mode:
             done = self._done()
-            outcome = "success" if result.success else f"failure ({result.failure_reason})"
+            why = ", ".join(r for r in (result.failure_reason, result.failure_phase) if r)
+            outcome = "success" if result.success else f"failure ({why})"
             self.console.print(
                 f"[{done}/{self.total}] task {result.spec.task_id} init {result.spec.init_state_id}: "
                 f"{outcome} in {result.length} steps, {result.seconds:.1f} s | {result.instruction}",

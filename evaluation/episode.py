@@ -46,6 +46,11 @@ class EpisodeResult:
     length: int  # env steps taken (settling no-ops excluded)
     failure_reason: str | None
     seconds: float
+    # How far a failed episode got (the env's ``failure_phase()``, e.g. LIBERO's "lost on the way");
+    # None after a success or for envs that do not tell.
+    failure_phase: str | None = None
+    # Objects outside the goal that the episode moved (the env's ``disturbed_objects()``), when it tells.
+    disturbed: list[str] | None = None
     policy_ms_per_plan: float | None = None
     plans: int = 0
     # Mean L2 distance (env units, all action dims) between consecutive actions: where a new chunk's first
@@ -177,6 +182,8 @@ def run_episode(
             break
     if record_video:
         frames.append(_frame(obs, video_view))
+    phase = base.failure_phase() if not success and hasattr(base, "failure_phase") else None
+    disturbed = base.disturbed_objects() if hasattr(base, "disturbed_objects") else None
     return EpisodeResult(
         spec=spec,
         instruction=instruction,
@@ -184,6 +191,8 @@ def run_episode(
         length=steps,
         failure_reason=None if success else failure_reason,
         seconds=time.perf_counter() - start,
+        failure_phase=phase,
+        disturbed=disturbed,
         policy_ms_per_plan=float(np.median(plan_ms)) if plan_ms else None,
         plans=len(plan_ms),
         seam_jump=float(np.mean(jumps[True])) if jumps[True] else None,

@@ -5,7 +5,7 @@ Layout of ``results.json``::
     {"meta": {env, policy, decoder, steps, seed, episodes_per_task, tasks, code_version, ...},
      "episodes": [{key, spec, instruction, success, length, failure_reason, seconds, video, ...}],
      "summary": {"overall": {...}, "per_task": {"0": {instruction, successes, episodes, success_rate,
-                 mean_length, failure_reasons}}}}
+                 mean_length, failure_reasons, failure_phases}}}}
 """
 
 from __future__ import annotations
@@ -128,6 +128,12 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "wilson95": wilson_interval(wins, len(eps)),
             "mean_length": sum(e["length"] for e in eps) / len(eps),
             "failure_reasons": dict(Counter(e["failure_reason"] for e in eps if not e["success"])),
+            # envs that tell how far a failure got (LIBERO: envs/libero/failure_phases.py)
+            "failure_phases": dict(Counter(e["failure_phase"] for e in eps if e.get("failure_phase"))),
+            # what failed episodes moved that their goal does not mention (LIBERO: another task's object?)
+            "failures_disturbed": dict(
+                Counter(n for e in eps if not e["success"] for n in (e.get("disturbed") or []))
+            ),
         }
     wins = sum(e["success"] for e in episodes)
     overall = {

@@ -40,6 +40,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dfm_vla.envs.libero import protocol, suites
+from dfm_vla.envs.libero.failure_phases import GoalPhaseTracker
 
 CAMERA_MODES = ("none", "every_step", "on_demand")
 LANGUAGE_CHARSET = string.ascii_letters + string.digits + " ,.;:'\"-_()/&!?"
@@ -100,6 +101,7 @@ class LiberoEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (protocol.ACTION_DIM,), np.float32)
 
         self._inner = None  # libero ControlEnv of the current task
+        self._phases: GoalPhaseTracker | None = None  # the current episode's goal predicates, per step
         self.task: suites.TaskInfo | None = None
         self._episode_over = True
         self._warned_clip = False
@@ -273,6 +275,18 @@ class LiberoEnv(gym.Env):
         """The flattened MuJoCo state [time, qpos, qvel] (float64), as stored in demo files."""
         return np.asarray(self._inner.get_sim_state(), np.float64).copy()
 
+    def failure_phase(self) -> str | None:
+        """How far the episode got towards its goal (``envs/libero/failure_phases.py``): ``"not reached"``,
+        ``"lost on the way"`` ...; None after a success or before the first step."""
+        if self._phases is None or self.check_success():
+            return None
+        return self._phases.failure_phase()
+
+    def disturbed_objects(self) -> list[str]:
+        """Objects and fixture joints outside the task's goal that this episode moved (see
+        ``GoalPhaseTracker.disturbed``): on LIBERO-Goal, a sign of the policy going for another task."""
+        return [] if self._phases is None else self._phases.disturbed()
+
     def check_success(self) -> bool:
         """The benchmark's own success test (the BDDL goal predicates) on the current state."""
         return bool(self._inner.check_success())
@@ -333,6 +347,7 @@ class LiberoEnv(gym.Env):
             # a seed derived from this one (the official initial states never do this).
             placement_seed = int(np.random.SeedSequence([placement_seed, redraw]).generate_state(1)[0] >> 1)
         self._warning_counts = self._instability_counts()
+        self._phases = GoalPhaseTracker(self._inner.env, self._eef_site_id)
         self._steps = 0
         self._n_clipped = 0
         self._episode_over = False
@@ -375,6 +390,9 @@ class LiberoEnv(gym.Env):
         terminated = success or bool(failure_reason)
         truncated = not terminated and self._steps >= self.max_episode_steps
         self._episode_over = terminated or truncated
+        if not failure_reason:
+            self._phases.record()
+        self._phases.truncated = truncated
         info = dict(self._last_info, success=success, n_clipped_actions=self._n_clipped, steps=self._steps)
         if failure_reason:
             info["failure_reason"] = failure_reason
