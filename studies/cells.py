@@ -68,6 +68,7 @@ class EvalSpec:
     decoder: str | None = None
     steps: tuple[int, int] | None = None
     schedule: tuple[float, float] | None = None
+    warm_start: bool | None = None  # DFM: refine from the previous plan; None keeps the checkpoint's
     episodes_per_task: int | None = None
     tasks: list[int] | None = None
     seed: int = 0
@@ -305,6 +306,7 @@ def _policy_spec(cell: Cell, policy_dir: str):
         seed=ev.seed,
         device=ev.device,
         schedule=tuple(ev.schedule) if ev.schedule else None,
+        warm_start=ev.warm_start,
     )
 
 

@@ -9,7 +9,11 @@ Three ablations, all on the same checkpoint and protocol:
   {1, 3, 5} and alpha in {0.5, 1}). The paper varies the schedule of the trained model; here only the
   sampler's schedule changes, the model is trained once.
 
-A setting that appears in several ablations (14 + 2 with the policy's own schedule) runs once.
+A setting that appears in several ablations (14 + 2 with the policy's own schedule) runs once. Every plan
+decodes cold by default (``--warm-start off``), whatever the checkpoint's ``warm_start`` says, so each row
+measures its decoder; ``--warm-start on`` refines every plan after an episode's first from the previous
+one with the checkpoint's warm-start fields, and the rows' steps then apply to the first plan only.
+The checkpoint's other decoding fields (``posterior_temperature``, ``val_time``) apply to every cell.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=common.seed_list, default=[0], help="evaluation seeds: a count or a list"
     )
+    parser.add_argument(
+        "--warm-start",
+        choices=("off", "on"),
+        default="off",
+        help="off: every plan decodes cold, so each row measures its decoder (default); on: plans after an "
+        "episode's first refine from the previous one with the checkpoint's warm-start fields",
+    )
     common.add_protocol_arguments(parser)
     common.add_output_arguments(parser, "runs/study/decoding-<policy folder name>")
 
@@ -87,17 +98,21 @@ def plan(args: argparse.Namespace) -> tuple[list[Cell], list[tuple[str, str, str
     for c in args.c:
         for a in args.alpha:
             settings.append(("schedule", f"c={c:g} a={a:g}", tuple(args.base_steps), (c, a)))
+    warm = args.warm_start == "on"
     cells: dict[str, Cell] = {}
     entries = []
     for seed in args.seeds:
         for ablation, label, steps, schedule in settings:
             sched = "sched-policy" if schedule is None else f"c{schedule[0]:g}-a{schedule[1]:g}"
-            key = f"T{steps[0]}+{steps[1]}-{sched}-seed{seed}"
+            key = f"T{steps[0]}+{steps[1]}-{sched}{'-warm' if warm else ''}-seed{seed}"
             if key not in cells:
+                spec = common.eval_spec(
+                    args, seed, decoder="dfm", steps=steps, schedule=schedule, warm_start=warm
+                )
                 cells[key] = Cell(
                     key=key,
                     labels={"steps": f"{steps[0]}+{steps[1]}", "schedule": sched, "seed": seed},
-                    eval=common.eval_spec(args, seed, decoder="dfm", steps=steps, schedule=schedule),
+                    eval=spec,
                     policy_dir=str(policy.resolve()),
                 )
             entries.append((ablation, label, key, seed))
@@ -128,6 +143,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"policy {Path(args.policy).resolve()}, env {args.env}, episodes per task: "
         f"{args.episodes_per_task or 'full protocol'}, tasks: {args.tasks or 'all'}, "
         f"evaluation seeds: {args.seeds}",
+        "every plan decodes cold (--warm-start off)"
+        if args.warm_start == "off"
+        else "plans after an episode's first refine from the previous plan (--warm-start on, the "
+        "checkpoint's warm-start fields); the steps below apply to each episode's first plan",
         "split: T_fine + T_val = 16; steps: total model calls per chunk, T_val = max(1, total // 8); "
         f"schedule: c and alpha of beta_t at decoding time, {args.base_steps[0]}+{args.base_steps[1]} steps",
         "ms_per_chunk: median over episodes of the median planning time (prefix + all refinement steps)",

@@ -255,3 +255,24 @@ def test_study_inputs_are_checked_with_named_fields(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.index("frac0.5-dfm-seed0") < out.index("frac1-ar-seed0") < out.index("frac0.5-dfm-seed1")
     assert not (tmp_path / "o").exists()
+
+
+def test_decoding_study_decodes_cold_unless_asked_to_warm_start(tmp_path, capsys):
+    """Each row measures its decoder: every plan decodes cold whatever the checkpoint's warm_start says;
+    ``--warm-start on`` makes separate cells that refine later plans from the previous one."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    argv = ["study", "decoding", "--policy", str(policy), "--splits", "14,2", "--total-steps", "4"]
+    argv += ["--c", "1", "--alpha", "1", "--out", str(tmp_path / "o"), "--dry-run"]
+    assert cli.main(argv) == 0
+    cold = capsys.readouterr().out
+    assert "T14+2-sched-policy-seed0" in cold and "-warm-" not in cold
+    assert cli.main([*argv, "--warm-start", "on"]) == 0
+    warm = capsys.readouterr().out
+    assert "T14+2-sched-policy-warm-seed0" in warm and "T3+1-sched-policy-warm-seed0" in warm
+
+    from dfm_vla.studies.decoding import plan
+
+    args = cli.build_parser().parse_args(argv)
+    cells, _ = plan(args)
+    assert {c.eval.warm_start for c in cells} == {False}
