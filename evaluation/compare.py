@@ -5,7 +5,9 @@ Each RUN is a ``results.json`` written by ``rollout``/``eval`` (or its folder), 
 and official initial states), so a run on 20 initial states per task and one on all 50 are compared on
 the same 20; ``--all-episodes`` keeps each run's own. Writes ``comparison.md`` (success per task, one
 column per run, the overall rate with its 95% Wilson interval), ``comparison.json`` and
-``comparison.png`` (grouped bars per task with Wilson intervals) into ``--out``.
+``comparison.png`` (grouped bars per task with Wilson intervals) into ``--out``. Runs whose episodes name
+their failure phases (LIBERO, ``envs/libero/failure_phases.py``) also get a table of failures per task and
+phase, with what the failed episodes disturbed, and ``failure_phases.png`` (stacked bars per task).
 """
 
 from __future__ import annotations
@@ -101,7 +103,36 @@ def markdown(comparison: dict[str, Any], title: str) -> str:
     for label in labels:
         meta = runs[label]["meta"]
         lines.append(f"- {label}: `{meta['policy']}`, decoder {meta.get('decoder') or 'its own'}")
+    for label in labels:
+        lines += failure_phase_table(runs[label]["summary"], label)
     return "\n".join(lines) + "\n"
+
+
+def phase_names(summary: dict[str, Any]) -> list[str]:
+    """The failure phases a run's summary counts, most frequent first."""
+    totals: dict[str, int] = {}
+    for row in summary["per_task"].values():
+        for phase, n in (row.get("failure_phases") or {}).items():
+            totals[phase] = totals.get(phase, 0) + n
+    return sorted(totals, key=lambda k: (-totals[k], k))
+
+
+def failure_phase_table(summary: dict[str, Any], label: str) -> list[str]:
+    """Markdown lines: failures per task and phase, and what the failures disturbed (empty if untold)."""
+    phases = phase_names(summary)
+    if not phases:
+        return []
+    header = "| task | failures | " + " | ".join(phases) + " | disturbed |"
+    lines = ["", f"Failure phases, {label}:", "", header]
+    lines.append("|---|---|" + "---|" * (len(phases) + 1))
+    for t, row in sorted(summary["per_task"].items(), key=lambda kv: int(kv[0])):
+        counts = row.get("failure_phases") or {}
+        disturbed = row.get("failures_disturbed") or {}
+        moved = ", ".join(f"{k} {v}" for k, v in sorted(disturbed.items(), key=lambda kv: -kv[1])[:3])
+        failures = row["episodes"] - row["successes"]
+        cells = [str(counts.get(p, 0) or "") for p in phases]
+        lines.append(f"| {t} | {failures} | " + " | ".join(cells) + f" | {moved} |")
+    return lines
 
 
 def plot(comparison: dict[str, Any], path: str | Path, title: str) -> None:
@@ -139,6 +170,42 @@ def plot(comparison: dict[str, Any], path: str | Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_failure_phases(comparison: dict[str, Any], path: str | Path, title: str) -> bool:
+    """Stacked bars of failures per task and phase, one panel per run that tells phases; False if none."""
+    runs = {k: v for k, v in comparison["runs"].items() if phase_names(v["summary"])}
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = task_instructions(comparison)
+    phases = sorted({p for r in runs.values() for p in phase_names(r["summary"])})
+    colours = dict(zip(phases, plt.get_cmap("tab10").colors, strict=False))
+    size = (4.5 * len(runs) + 2, 0.35 * len(names) + 2)
+    fig, axes = plt.subplots(1, len(runs), figsize=size, squeeze=False)
+    for ax, (label, run) in zip(axes[0], runs.items(), strict=True):
+        left = [0] * len(names)
+        for phase in phases:
+            per_task = run["summary"]["per_task"]
+            counts = [(per_task.get(t, {}).get("failure_phases") or {}).get(phase, 0) for t in names]
+            ax.barh(range(len(names)), counts, left=left, color=colours[phase], label=phase)
+            left = [a + b for a, b in zip(left, counts, strict=True)]
+        ax.set_yticks(range(len(names)), [f"{t}: {names[t][:40]}" for t in names], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("failed episodes")
+        ax.set_title(label, fontsize=9)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(phases)), fontsize=7)
+    fig.suptitle(f"{title}: where failures stop", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
     runs = [load_run(item) for item in args.runs]
     comparison = compare(runs, shared_only=not args.all_episodes)
@@ -149,6 +216,8 @@ def main(args: argparse.Namespace) -> int:
     atomic_write_text(out / "comparison.md", text)
     atomic_write_json(out / "comparison.json", comparison)
     plot(comparison, out / "comparison.png", title)
+    phases = plot_failure_phases(comparison, out / "failure_phases.png", title)
     print(text)
-    print(f"wrote {out / 'comparison.md'}, comparison.json and comparison.png")
+    extra = ", failure_phases.png" if phases else ""
+    print(f"wrote {out / 'comparison.md'}, comparison.json, comparison.png{extra}")
     return 0

@@ -15,10 +15,12 @@ from dfm_vla.evaluation.video import video_name
 META = {"env": "libero_goal", "policy": "expert", "decoder": None, "steps": None, "seed": 0}
 
 
-def _episode(task, init, success, length=100):
+def _episode(task, init, success, length=100, phase=None, disturbed=None):
     spec = EpisodeSpec(task, init, seed=init)
     reason = None if success else "step limit"
-    return EpisodeResult(spec, f"do task {task}", success, length, reason, 1.0)
+    return EpisodeResult(
+        spec, f"do task {task}", success, length, reason, 1.0, failure_phase=phase, disturbed=disturbed
+    )
 
 
 def test_results_are_saved_after_each_episode_and_resume(tmp_path):
@@ -123,7 +125,9 @@ def test_compare_puts_runs_side_by_side_on_their_shared_episodes(tmp_path, repo_
     )
     for task in (0, 1):
         for init in range(4):  # "full" has 4 initial states per task and succeeds on task 0 only
-            full.add(_episode(task, init, success=task == 0).to_json())
+            phase, disturbed = ("not moved", ["plate_1"]) if init == 0 else ("knocked", [])
+            ok = task == 0
+            full.add(_episode(task, init, ok, phase=None if ok else phase, disturbed=disturbed).to_json())
         for init in range(2):  # "short" has 2 and succeeds everywhere
             short.add(_episode(task, init, success=True).to_json())
     out = tmp_path / "cmp"
@@ -142,6 +146,10 @@ def test_compare_puts_runs_side_by_side_on_their_shared_episodes(tmp_path, repo_
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["runs"]["A"]["summary"]["overall"]["episodes"] == 4  # 8 recorded, 4 shared
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    # A's failures tell their phases: a table of failures per task and phase, and a stacked bar chart.
+    assert "| task | failures | knocked | not moved | disturbed |" in table
+    assert "| 1 | 2 | 1 | 1 | plate_1 1 |" in table
+    assert (out / "failure_phases.png").read_bytes()[:4] == b"\x89PNG"
 
     every = subprocess.run(
         [*cmd, "--out", str(out), "--all-episodes"], cwd=repo_root, capture_output=True, text=True
