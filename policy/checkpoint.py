@@ -27,6 +27,7 @@ import torch
 from dfm_vla.policy.config import ModelConfig
 from dfm_vla.policy.file_checks import (
     REDO,
+    check_finite,
     check_tensors,
     check_type,
     field,
@@ -85,6 +86,11 @@ def save_pretrained(
         raise ValueError(
             f"action_tokenizer: vocab {action_tokenizer.vocab_size} / slots {action_tokenizer.num_slots} "
             f"do not match the model's {config.action_vocab_size} / {config.num_action_slots}"
+        )
+    if config.state_dim and "state" not in (norm_stats or {}):
+        raise ValueError(
+            f"norm_stats: the model reads a {config.state_dim}-d state, so the state's mean and std it was "
+            "trained with must be saved with it ({'state': {'mean': [...], 'std': [...]}})"
         )
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -170,11 +176,17 @@ def _check_model_fields(path: Path, model: dict[str, Any]) -> None:
 
 
 def read_norm_stats(path: Path, config: ModelConfig) -> dict[str, Any]:
-    """``normalization.json`` checked against ``config`` ({} when the file is absent)."""
+    """``normalization.json`` checked against ``config``. A model that reads no state may lack the file
+    ({}); one that does must have it with its ``state`` statistics, else it would see unscaled states."""
     if not path.is_file():
+        if config.state_dim:
+            raise FileNotFoundError(
+                f"{path}: missing; the model reads a {config.state_dim}-d state and needs the mean and std "
+                f"it was trained with ({REDO})"
+            )
         return {}
     data = read_json(path)
-    state = field(path, data, "state", "dict", optional=True)
+    state = field(path, data, "state", "dict", optional=not config.state_dim)
     if state is not None:
         length = config.state_dim or None
         for key in ("mean", "std", "q01", "q99"):
@@ -247,6 +259,7 @@ def load_pretrained(
         model = DFMVLA(config)
     state = load_safetensors(weights, device=str(device))
     check_tensors(weights, state, model.state_dict(), f"the model of {CONFIG_FILE}")
+    check_finite(weights, state)
     model.load_state_dict(state)
     if dtype is not None:
         model = model.to(dtype)

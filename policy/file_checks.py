@@ -146,6 +146,23 @@ def check_tensors(path: Path, found: Mapping[str, Any], expected: Mapping[str, A
             )
 
 
+def check_finite(path: Path, tensors: Mapping[str, Any]) -> None:
+    """Every floating-point tensor in ``tensors`` (read from ``path``) is free of NaN and inf: a run that
+    diverged, or bytes damaged in a way the file's format cannot see, fails here and not in a rollout."""
+    import torch
+
+    for name, tensor in tensors.items():
+        if not torch.is_tensor(tensor) or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(
+                f"{path}: tensor {name!r} holds {bad} NaN or inf value(s) of {tensor.numel()}; the weights "
+                f"are unusable (a diverged run, or a damaged file): {REDO}"
+            )
+
+
 def _shape(tensor: Any) -> tuple[int, ...] | None:
     shape = getattr(tensor, "shape", None)
     return tuple(int(n) for n in shape) if shape is not None else None

@@ -66,7 +66,29 @@ def test_statistics_of_the_wrong_length_are_rejected(policy):
         load_pretrained(policy)
 
 
+def test_missing_statistics_are_refused_for_a_model_that_reads_state(policy):
+    (policy / "normalization.json").unlink()  # it would otherwise see unscaled states and act on them
+    with pytest.raises(FileNotFoundError, match=r"normalization\.json: missing; the model reads a 66-d"):
+        DFMPolicy.from_pretrained(policy)
+
+
+def test_statistics_without_their_state_block_are_refused(policy):
+    _edit_json(policy / "normalization.json", lambda d: d.pop("state"))
+    with pytest.raises(ValueError, match=r"normalization\.json.*'state'"):
+        load_pretrained(policy)
+
+
 # ---- model.safetensors -----------------------------------------------------------------------------
+def test_a_weight_holding_nan_is_named(policy):
+    path = policy / "model.safetensors"
+    tensors = load_file(path)
+    tensors["action_head.weight"][3, 5] = float("nan")
+    tensors["action_head.weight"][0, 0] = float("inf")
+    save_file(tensors, path)
+    with pytest.raises(ValueError, match=r"tensor 'action_head\.weight' holds 2 NaN or inf value\(s\)"):
+        DFMPolicy.from_pretrained(policy)
+
+
 def test_truncated_weights_are_called_corrupt_with_their_size(policy):
     path = policy / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])

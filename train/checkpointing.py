@@ -183,7 +183,7 @@ def load_checkpoint(
         set_state_dict,
     )
 
-    from dfm_vla.policy.file_checks import check_tensors
+    from dfm_vla.policy.file_checks import check_finite, check_tensors
 
     path = Path(path)
     payload = read_checkpoint(path)
@@ -199,6 +199,7 @@ def load_checkpoint(
         )
     own = get_model_state_dict(model, options=StateDictOptions(full_state_dict=False))
     check_tensors(path, payload["model"], own, "this run's model")
+    check_finite(path, payload["model"])
     try:
         set_state_dict(
             model,
