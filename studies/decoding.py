@@ -79,6 +79,17 @@ def split_of_total(total: int) -> tuple[int, int]:
     return total - val, val
 
 
+def _own_schedule(policy: Path) -> tuple[float, float] | None:
+    """(c, alpha) of the policy's own metric path, from its config.json (None when it does not say)."""
+    if not (policy / "config.json").is_file():
+        return None
+    from dfm_vla.policy.checkpoint import read_config
+
+    _, extra = read_config(policy)
+    path = extra.get("metric_path") or {}
+    return (float(path["c"]), float(path["alpha"])) if "c" in path and "alpha" in path else None
+
+
 def plan(args: argparse.Namespace) -> tuple[list[Cell], list[tuple[str, str, str, int]]]:
     """The distinct cells, and (ablation, setting label, cell key, seed) for every table entry."""
     policy = Path(args.policy)
@@ -95,9 +106,11 @@ def plan(args: argparse.Namespace) -> tuple[list[Cell], list[tuple[str, str, str
         settings.append(("split", f"{tf}+{tv}", (tf, tv), None))
     for total in args.total_steps:
         settings.append(("steps", str(total), split_of_total(total), None))
+    own = _own_schedule(policy)
     for c in args.c:
         for a in args.alpha:
-            settings.append(("schedule", f"c={c:g} a={a:g}", tuple(args.base_steps), (c, a)))
+            schedule = None if (c, a) == own else (c, a)  # the policy's own schedule runs once
+            settings.append(("schedule", f"c={c:g} a={a:g}", tuple(args.base_steps), schedule))
     warm = args.warm_start == "on"
     cells: dict[str, Cell] = {}
     entries = []

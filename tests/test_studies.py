@@ -276,3 +276,11 @@ def test_decoding_study_decodes_cold_unless_asked_to_warm_start(tmp_path, capsys
     args = cli.build_parser().parse_args(argv)
     cells, _ = plan(args)
     assert {c.eval.warm_start for c in cells} == {False}
+
+
+def test_decoding_study_runs_the_policys_own_schedule_once(tmp_path, capsys, repo_root):
+    shipped = repo_root / "checkpoints" / "libero_goal_tiny_dfm"  # its metric path: c = 3, alpha = 1
+    argv = ["study", "decoding", "--policy", str(shipped), "--splits", "14,2", "--total-steps", "16"]
+    assert cli.main([*argv, "--c", "1,3", "--alpha", "1", "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "T14+2-c1-a1-seed0" in out and "c3-a1" not in out and "T14+2-sched-policy-seed0" in out
