@@ -5,7 +5,7 @@ import pytest
 from dfm_vla.envs.libero.failure_phases import RECENT_STEPS, PredicateTrace, classify_trace
 
 
-def _object_trace(grip, moved, lift, target, holds=None):
+def _object_trace(grip, moved, lift, target, holds=None, closed_near=None):
     n = len(grip)
     return PredicateTrace(
         ("on", "akita_black_bowl_1", "plate_1"),
@@ -14,6 +14,7 @@ def _object_trace(grip, moved, lift, target, holds=None):
         lift=lift,
         target_distance=target,
         holds=holds or [False] * n,
+        closed_near=closed_near or [False] * n,
     )
 
 
@@ -21,7 +22,7 @@ def _object_trace(grip, moved, lift, target, holds=None):
     ("grip", "moved", "lift", "target", "phase"),
     [
         ([0.3, 0.2, 0.1], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2], "not reached"),
-        ([0.3, 0.02, 0.02], [0.0, 0.01, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2], "not moved"),
+        ([0.3, 0.02, 0.02], [0.0, 0.01, 0.0], [0.0, 0.0, 0.0], [0.2, 0.2, 0.2], "no grasp"),
         ([0.3, 0.02, 0.02], [0.0, 0.05, 0.08], [0.0, 0.0, -0.02], [0.2, 0.2, 0.25], "knocked"),
         ([0.3, 0.02, 0.02], [0.0, 0.05, 0.1], [0.0, 0.1, -0.01], [0.2, 0.15, 0.2], "lost on the way"),
         ([0.3, 0.02, 0.02], [0.0, 0.05, 0.2], [0.0, 0.1, 0.0], [0.2, 0.03, 0.04], "placed wrong"),
@@ -29,6 +30,11 @@ def _object_trace(grip, moved, lift, target, holds=None):
 )
 def test_an_object_predicate_is_classified_by_the_furthest_phase_reached(grip, moved, lift, target, phase):
     assert classify_trace(_object_trace(grip, moved, lift, target), truncated=False) == phase
+
+
+def test_a_gripper_that_closed_beside_the_object_missed_its_grasp():
+    trace = _object_trace([0.3, 0.02, 0.02], [0.0, 0.0, 0.01], [0.0] * 3, [0.2] * 3, closed_near=[0, 0, 1])
+    assert classify_trace(trace, truncated=False) == "grasp missed"
 
 
 def test_undone_and_progressing_at_the_limit():

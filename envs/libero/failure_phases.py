@@ -7,7 +7,10 @@ the robot got towards the goal. It answers "why do the policies fail" per task w
 A predicate that moves an object A onto or into B (``on``, ``in``): the furthest phase reached wins.
 
 - ``not reached``: the grip site never came within ``REACH_M`` of the centre of one of A's geoms;
-- ``not moved``: reached, but A never moved more than ``MOVED_M`` (no grasp, or one that slipped at once);
+- ``no grasp``: reached, but the gripper was never closing while within ``REACH_M`` of A, and A never
+  moved more than ``MOVED_M``;
+- ``grasp missed``: the gripper closed within ``REACH_M`` of A, but A never moved more than ``MOVED_M``
+  (the fingers closed beside it, or slipped off at once);
 - ``knocked``: A moved but never rose ``LIFT_M`` and never came near B (pushed over or aside);
 - ``lost on the way``: A was lifted but never came within ``NEAR_M`` of B horizontally (dropped, or
   carried elsewhere);
@@ -51,7 +54,8 @@ FIXTURE_PREDICATES = ("open", "close", "turnon", "turnoff")
 PHASES = (
     "not reached",
     "container closed",
-    "not moved",
+    "no grasp",
+    "grasp missed",
     "not actuated",
     "knocked",
     "lost on the way",
@@ -73,6 +77,7 @@ class PredicateTrace:
     target_distance: list[float] = field(default_factory=list)  # A to B horizontally, m
     joint_travel: list[float] = field(default_factory=list)  # max |joint - start| over the fixture's joints
     container_open: list[bool] = field(default_factory=list)
+    closed_near: list[bool] = field(default_factory=list)  # the gripper closing within REACH_M of A
     holds: list[bool] = field(default_factory=list)  # the predicate's own truth value
 
     @property
@@ -101,7 +106,7 @@ def classify_trace(trace: PredicateTrace, *, truncated: bool) -> str:
     if min(trace.grip_distance) > REACH_M:
         return "not reached"
     if max(trace.displacement) < MOVED_M:
-        return "not moved"
+        return "grasp missed" if any(trace.closed_near) else "no grasp"
     if min(trace.target_distance) < NEAR_M:
         return "placed wrong"
     return "lost on the way" if max(trace.lift) >= LIFT_M else "knocked"
@@ -129,6 +134,7 @@ class GoalPhaseTracker:
         self.data = problem.sim.data
         self.model = problem.sim.model
         self.grip_site_id = grip_site_id
+        self.gripper = problem.robots[0].gripper  # current_action[-1]: -1 open .. +1 closed (its command)
         self.truncated = False
         self.traces = [PredicateTrace(tuple(p)) for p in problem.parsed_problem["goal_state"]]
         self._start: dict[str, np.ndarray] = {}
@@ -218,6 +224,8 @@ class GoalPhaseTracker:
             trace.holds.append(bool(self.problem._eval_predicate(list(trace.predicate))))
             if trace.kind == "object":
                 target = trace.predicate[2]
+                closing = float(self.gripper.current_action[-1]) > 0.0
+                trace.closed_near.append(closing and trace.grip_distance[-1] < REACH_M)
                 trace.displacement.append(float(np.linalg.norm(pos - self._start[name])))
                 trace.lift.append(float(pos[2] - self._start[name][2]))
                 trace.target_distance.append(float(np.linalg.norm((pos - self._position(target))[:2])))
