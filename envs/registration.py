@@ -26,6 +26,7 @@ ENV_SPECS["libero_long"] = ("dfm_vla.envs.libero.env:LiberoEnv", {"suite": "libe
 EXPERTS["libero_goal"] = "dfm_vla.envs.libero.goal_experts:make_goal_expert"
 EXPERTS["libero_spatial"] = "dfm_vla.envs.libero.spatial_experts:make_spatial_expert"
 EXPERTS["libero_object"] = "dfm_vla.envs.libero.object_experts:make_object_expert"
+EXPERTS["libero_10"] = EXPERTS["libero_long"] = "dfm_vla.envs.libero.long_experts:make_long_expert"
 
 # AgileX bimanual (envs/agilex)
 for _task, _cls in (

@@ -50,6 +50,7 @@ class ScriptContext:
         # Scale of the DART collection noise at this step: 0 during precise moves (final approach to a
         # grasp, closing, releasing), where a perturbation ruins the episode rather than teaching recovery.
         self.noise_scale = 1.0
+        self.phase = ""  # what the script is doing now (a script may name its phases; read on failure)
 
     # ------------------------------------------------------------------ privileged reads
     def eef(self) -> np.ndarray:
