@@ -9,16 +9,17 @@ from dfm_vla.agents.dfm_policy import DFMPolicy
 from dfm_vla.evaluation.policies import policy_spec_from_args
 
 SHIPPED = {
-    "default": ("checkpoints/libero_goal_tiny_dfm", "dfm", (2, 14)),
-    "dd": ("checkpoints/baselines/libero_goal_tiny_dd", "dd", (14, 2)),
-    "ar": ("checkpoints/baselines/libero_goal_tiny_ar", "ar", (14, 2)),
-    # candidates of issues 17/18, on the 2026-12 demos (docs/results/libero_goal_recipe.md)
-    "candidate dfm (value path, warm start)": (
-        "checkpoints/candidates/libero_goal_tiny_dfm_value",
+    # the default: metric path on the bins' values, 14 + 2 steps, refined from the previous plan
+    "default": ("checkpoints/libero_goal_tiny_dfm", "dfm", (14, 2)),
+    "dd": ("checkpoints/baselines/libero_goal_tiny_dd", "dd", (14, 2)),  # same demos as the default
+    # the first comparison, on the first demo collection (docs/results/libero_goal_tiny)
+    "first default (embedding path)": (
+        "checkpoints/baselines/first_demos/libero_goal_tiny_dfm_embed",
         "dfm",
-        (14, 2),
+        (2, 14),
     ),
-    "candidate dd": ("checkpoints/candidates/libero_goal_tiny_dd", "dd", (14, 2)),
+    "first dd": ("checkpoints/baselines/first_demos/libero_goal_tiny_dd", "dd", (14, 2)),
+    "first ar": ("checkpoints/baselines/first_demos/libero_goal_tiny_ar", "ar", (14, 2)),
 }
 
 
