@@ -9,6 +9,11 @@
   calls or when more than ``refresh_fraction`` of the slots changed since the last refresh, and reuses
   the stale prefix otherwise. With ``measure_drift=True`` it also computes the exact logits at every call
   and records how far the cached ones are (max |delta log-prob|, KL, argmax agreement).
+  Measured (``bench decode``, tiny config, random weights): argmax agreement with the exact
+  bidirectional pass 0.63 on average and 0.50 at worst. That is far from the 0.95 it would need to be
+  an approximation of the bidirectional model, so treat this as a different decoder that changes the
+  policy's output, not as a cache. No shipped policy uses it: they are prefix-LM models, for which
+  :class:`PrefixKVCache` is exact.
 """
 
 from __future__ import annotations
