@@ -61,6 +61,11 @@ def test_a_fixture_predicate_is_not_reached_not_actuated_or_partly_actuated():
     assert classify_trace(trace([0.3, 0.01], [0.0, 0.05]), truncated=False) == "partly actuated"
 
 
+def test_a_predicate_it_cannot_follow_is_unmet_not_an_error():
+    trace = PredicateTrace(("stack", "akita_black_bowl_1", "plate_1"), holds=[False, False])
+    assert trace.kind == "other" and classify_trace(trace, truncated=True) == "unmet"
+
+
 @pytest.fixture(scope="module")
 def goal_env():
     from dfm_vla.envs.registration import make_env

@@ -15,8 +15,8 @@ A predicate that moves an object A onto or into B (``on``, ``in``): the furthest
 - ``lost on the way``: A was lifted but never came within ``NEAR_M`` of B horizontally (dropped, or
   carried elsewhere);
 - ``placed wrong``: A came within ``NEAR_M`` of B but the predicate is false at the end;
-- into a region of an articulated fixture (a drawer), ``container closed`` comes first when the region's
-  joints never opened.
+- into a region of an articulated fixture (a drawer, a microwave), ``container closed`` comes first when
+  the container was never open (LIBERO's own ``is_open`` test) at any step of the episode.
 
 A predicate on a fixture (``open``, ``close``, ``turnon``, ``turnoff``): ``not reached`` (the grip site
 never within ``REACH_M`` of a geom of the part that moves: the drawer, the knob), ``not actuated`` (its
@@ -63,6 +63,7 @@ PHASES = (
     "placed wrong",
     "undone",
     "progressing at the limit",
+    "unmet",  # a predicate this module does not know how to follow (none in the five LIBERO suites)
 )
 
 
@@ -82,7 +83,10 @@ class PredicateTrace:
 
     @property
     def kind(self) -> str:
-        return "object" if self.predicate[0] in OBJECT_PREDICATES else "fixture"
+        """``object`` (move A onto or into B), ``fixture`` (open, close, turn on or off), ``other``."""
+        if self.predicate[0] in OBJECT_PREDICATES and len(self.predicate) == 3:
+            return "object"
+        return "fixture" if self.predicate[0] in FIXTURE_PREDICATES else "other"
 
     @property
     def label(self) -> str:
@@ -95,6 +99,8 @@ def classify_trace(trace: PredicateTrace, *, truncated: bool) -> str:
         return "not reached"
     if any(trace.holds) and not trace.holds[-1]:
         return "undone"
+    if trace.kind == "other":
+        return "unmet"
     if truncated and _progressing(trace):
         return "progressing at the limit"
     if trace.kind == "fixture":
@@ -142,14 +148,14 @@ class GoalPhaseTracker:
         self._geoms: dict[str, np.ndarray] = {}
         for trace in self.traces:
             name = trace.predicate[1]
-            self._geoms[name] = self._touchable_geoms(name)
+            self._geoms[name] = self._touchable_geoms(name) if trace.kind != "other" else np.zeros(0, int)
             if trace.kind == "object":
                 self._start[name] = self._position(name)
                 target = trace.predicate[2]
                 if self._region_joints(target):
                     self._joints[target] = self._region_joints(target)
                     self._start[target] = self._joint_values(target)
-            else:
+            elif trace.kind == "fixture":
                 self._joints[name] = self._fixture_joints(name)
                 self._start[name] = self._joint_values(name)
         # Everything else in the scene, to notice what the robot moved that the goal does not mention.
@@ -206,6 +212,10 @@ class GoalPhaseTracker:
     def _joint_values(self, name: str) -> np.ndarray:
         return np.array([self.data.qpos[a] for a in self._joints[name]], np.float64)
 
+    def _is_open(self, region: str) -> bool:
+        """LIBERO's own test of an articulated region (a drawer, a microwave's door) being open."""
+        return bool(self.problem.object_states_dict[region].is_open())
+
     def _travel(self, name: str) -> float:
         if not self._joints.get(name):
             return 0.0
@@ -216,12 +226,14 @@ class GoalPhaseTracker:
         """Read the simulator once; call after every env step."""
         grip = np.array(self.data.site_xpos[self.grip_site_id])
         for trace in self.traces:
+            trace.holds.append(bool(self.problem._eval_predicate(list(trace.predicate))))
+            if trace.kind == "other":
+                continue
             name = trace.predicate[1]
             pos = self._position(name)
             geoms = self._geoms[name]
             points = self.data.geom_xpos[geoms] if geoms.size else pos[None]
             trace.grip_distance.append(float(np.min(np.linalg.norm(points - grip, axis=1))))
-            trace.holds.append(bool(self.problem._eval_predicate(list(trace.predicate))))
             if trace.kind == "object":
                 target = trace.predicate[2]
                 closing = float(self.gripper.current_action[-1]) > 0.0
@@ -230,7 +242,7 @@ class GoalPhaseTracker:
                 trace.lift.append(float(pos[2] - self._start[name][2]))
                 trace.target_distance.append(float(np.linalg.norm((pos - self._position(target))[:2])))
                 if target in self._joints:
-                    trace.container_open.append(self._travel(target) >= ACTUATED)
+                    trace.container_open.append(self._is_open(target))
             else:
                 trace.joint_travel.append(self._travel(name))
         for n, start in self._other_objects.items():
