@@ -36,6 +36,42 @@ def rot_y(angle: float) -> np.ndarray:
     return Rotation.from_euler("y", angle).as_matrix()
 
 
+_BOX_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+
+
+def geom_box(c: ScriptContext, geom: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame (low, high) corners of geom ``geom`` (its id or name): its local bounding box, posed."""
+    model, data = c.model._model, c.data._data
+    g = c.model.geom_name2id(geom) if isinstance(geom, str) else geom
+    center, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
+    corners = data.geom_xpos[g] + (center + _BOX_SIGNS * half) @ data.geom_xmat[g].reshape(3, 3).T
+    return corners.min(0), corners.max(0)
+
+
+def boxes_union(boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.min([lo for lo, _ in boxes], axis=0), np.max([hi for _, hi in boxes], axis=0)
+
+
+def collision_geoms(c: ScriptContext, obj: str) -> list[int]:
+    """Ids of the collision geoms of movable object ``obj`` (every body under ``<obj>_main``)."""
+    model = c.model._model
+    root = model.body_rootid[c.model.body_name2id(f"{obj}_main")]
+    return [
+        g
+        for g in range(model.ngeom)
+        if model.body_rootid[model.geom_bodyid[g]] == root
+        and model.geom_contype[g] + model.geom_conaffinity[g]
+    ]
+
+
+def world_aabb(c: ScriptContext, obj: str) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame (low, high) corners of the collision geoms of ``obj`` (metres)."""
+    geoms = collision_geoms(c, obj)
+    if not geoms:
+        return np.full(3, np.inf), np.full(3, -np.inf)
+    return boxes_union([geom_box(c, g) for g in geoms])
+
+
 class ScriptContext:
     """Privileged reads from the current simulator and the servo primitives an expert script uses."""
 

@@ -25,10 +25,13 @@ from dfm_vla.envs.libero.expert_base import (
     ScriptContext,
     ScriptedExpert,
     Target,
+    boxes_union,
+    collision_geoms,
+    geom_box,
     rot_z,
+    world_aabb,
 )
 from dfm_vla.envs.libero.goal_experts import carry_and_place
-from dfm_vla.envs.libero.object_experts import world_aabb
 
 BASKET, BASKET_REGION = "basket_1", "basket_1_contain_region"
 STOVE, COOK_REGION = "flat_stove_1", "flat_stove_1_cook_region"
@@ -37,30 +40,9 @@ MOKA_HANDLE_BAR, MOKA_HANDLE_TOP = "g14", "g13"  # outer bar and top of the moka
 
 
 # ---------------------------------------------------------------------------------------- geometry
-def geom_box(c: ScriptContext, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """World-frame (low, high) corners of the collision geom ``name`` (metres)."""
-    model, data = c.model._model, c.data._data
-    g = c.model.geom_name2id(name)
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    center, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
-    corners = data.geom_xpos[g] + (center + signs * half) @ data.geom_xmat[g].reshape(3, 3).T
-    return corners.min(0), corners.max(0)
-
-
-def boxes_union(boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    return np.min([lo for lo, _ in boxes], axis=0), np.max([hi for _, hi in boxes], axis=0)
-
-
 def body_geom_names(c: ScriptContext, obj: str) -> list[str]:
     """Names of the collision geoms of movable object ``obj``."""
-    model = c.model._model
-    root = c.model.body_name2id(f"{obj}_main")
-    return [
-        c.model.geom_id2name(g)
-        for g in range(model.ngeom)
-        if model.body_rootid[model.geom_bodyid[g]] == root
-        and model.geom_contype[g] + model.geom_conaffinity[g]
-    ]
+    return [c.model.geom_id2name(g) for g in collision_geoms(c, obj)]
 
 
 def yaw_for_fingers(c: ScriptContext, direction: np.ndarray, at: np.ndarray) -> float:

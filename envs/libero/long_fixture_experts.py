@@ -21,9 +21,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from dfm_vla.envs.libero.expert_base import OPEN, R_DOWN, Script, ScriptContext, rot_x, rot_z
-from dfm_vla.envs.libero.long_experts import (
+from dfm_vla.envs.libero.expert_base import (
+    OPEN,
+    R_DOWN,
+    Script,
+    ScriptContext,
+    boxes_union,
     geom_box,
+    rot_x,
+    rot_z,
+)
+from dfm_vla.envs.libero.long_experts import (
     pick,
     place_held,
     wait_until_still,
@@ -137,7 +145,7 @@ def mug_in_microwave_and_close(
     c.rot_limit = 1.0
     names = [f"{MUG}_g{i}" for i in (1, 2, 3)]
     boxes = [geom_box(c, n) for n in names]
-    lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+    lo, hi = boxes_union(boxes)
     bar_lo, bar_hi = boxes[0]  # g1: the handle's outer vertical bar
     grip = np.array([(lo[0] + hi[0]) / 2, (bar_lo[1] + bar_hi[1]) / 2, hi[2] - 0.02])
     offset = grip - c.obj(MUG)

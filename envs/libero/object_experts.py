@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from dfm_vla.envs.libero.expert_base import CLOSE, OPEN, R_DOWN, Script, ScriptContext, ScriptedExpert, rot_z
+from dfm_vla.envs.libero.expert_base import (
+    CLOSE,
+    OPEN,
+    R_DOWN,
+    Script,
+    ScriptContext,
+    ScriptedExpert,
+    rot_z,
+    world_aabb,
+)
 
 BASKET, CONTAIN_SITE = "basket_1", "basket_1_contain_region"
-
-
-def world_aabb(c: ScriptContext, obj: str) -> tuple[np.ndarray, np.ndarray]:
-    """World-frame (low, high) corners of the collision geoms of ``obj`` (metres)."""
-    model, data = c.model._model, c.data._data
-    root = model.body_rootid[c.model.body_name2id(f"{obj}_main")]
-    low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    for g in range(model.ngeom):
-        if (
-            model.body_rootid[model.geom_bodyid[g]] != root
-            or model.geom_contype[g] + model.geom_conaffinity[g] == 0
-        ):
-            continue
-        center, half = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
-        corners = data.geom_xpos[g] + (center + signs * half) @ data.geom_xmat[g].reshape(3, 3).T
-        low, high = np.minimum(low, corners.min(0)), np.maximum(high, corners.max(0))
-    return low, high
 
 
 def target_object(c: ScriptContext) -> str:
