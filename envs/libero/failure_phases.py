@@ -152,9 +152,9 @@ class GoalPhaseTracker:
             if trace.kind == "object":
                 self._start[name] = self._position(name)
                 target = trace.predicate[2]
-                if self._region_joints(target):
-                    self._joints[target] = self._region_joints(target)
-                    self._start[target] = self._joint_values(target)
+                joints = self._region_joints(target)
+                if joints:  # a container: its openness is read each step, its joints are not "others"
+                    self._joints[target] = joints
             elif trace.kind == "fixture":
                 self._joints[name] = self._fixture_joints(name)
                 self._start[name] = self._joint_values(name)
