@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dfm_vla.evaluation.eval_command", "The rollout protocol with plain log lines, for scripts"),
     "compare": ("dfm_vla.evaluation.compare", "Evaluation runs side by side: success per task, table, plot"),
     "doctor": ("dfm_vla.serve.doctor", "Check packages, rendering, LIBERO, torch, disk; print fixes"),
-    "serve": ("dfm_vla.serve.server", "Serve a policy over WebSocket to remote simulators and robots"),
+    "serve": ("dfm_vla.serve.command", "Serve a policy over WebSocket to remote simulators and robots"),
     "study": ("dfm_vla.studies.command", "Paper comparisons in miniature: data-scale, decoding, variants"),
     "calvin-play": ("dfm_vla.envs.calvin.play", "Record CALVIN play: chained random tasks, language windows"),
     "train": ("dfm_vla.train.command", "Fine-tune a policy on demos (HDF5, LeRobot): DFM, DFM+Head, DD, AR"),

@@ -4,7 +4,9 @@
   numpy, msgpack and websockets (no torch), for a robot or simulator in another Python environment.
 - ``dfm_vla.serve.async_client``: ``RemotePolicy(..., asynchronous=True)``'s real-time queue: ``act``
   returns at once while the next chunk (with the still-running actions as its frozen prefix) is planned.
-- ``dfm_vla.serve.server``: ``python cli.py serve --policy DIR``, WebSocket + msgpack, batched planning.
+- ``dfm_vla.serve.server``: ``PolicyServer``, WebSocket + msgpack, batched planning; ``ServerThread``.
+- ``dfm_vla.serve.backend``: what the server needs from a policy, and its request checks.
+- ``dfm_vla.serve.command``: ``python cli.py serve --policy DIR``.
 - ``dfm_vla.serve.msgpack_numpy``: the wire codec for numpy arrays.
 - ``dfm_vla.serve.doctor``: ``python cli.py doctor``.
 

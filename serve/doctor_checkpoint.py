@@ -220,8 +220,8 @@ def _check_policy_loads(root: Path) -> Check:
         start = time.perf_counter()
         policy = DFMPolicy.from_pretrained(root, device="cpu")
         loaded = time.perf_counter() - start
+        from dfm_vla.serve.backend import PolicyBackend
         from dfm_vla.serve.client import example_observation
-        from dfm_vla.serve.server import PolicyBackend
 
         obs = example_observation(PolicyBackend(policy).serving_spec()["observation"])
         start = time.perf_counter()

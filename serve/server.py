@@ -1,4 +1,5 @@
-"""``python cli.py serve --policy DIR --port 8000``: a policy over WebSocket for remote simulators and robots.
+"""``PolicyServer``: a policy over WebSocket for remote simulators and robots (``python cli.py serve``,
+:mod:`dfm_vla.serve.command`; request checks and the policy interface: :mod:`dfm_vla.serve.backend`).
 
 One asyncio event loop talks to every client; one worker thread runs the model. Requests that need a
 new chunk are put on a queue; the batcher takes the first, waits up to ``batch_window_ms`` for others
@@ -30,23 +31,20 @@ Endpoints: ``ws://HOST:PORT/`` (the protocol, see :mod:`dfm_vla.serve.client`) a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http
-import inspect
 import itertools
 import json
 import logging
-import signal
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dfm_vla.serve.backend import BadRequest, PolicyBackend, validate_frozen, validate_obs
 from dfm_vla.serve.client import PROTOCOL_VERSION
 from dfm_vla.serve.msgpack_numpy import FrameError, packb, unpackb
 
@@ -63,10 +61,6 @@ class ServerConfig:
     max_batch: int = 16  # 1 turns batching off
     max_frame_bytes: int = 64 * 2**20
     checkpoint_id: str = ""
-
-
-class BadRequest(ValueError):
-    """A request the server refuses (the client's fault); the message goes back to the client."""
 
 
 @dataclass
@@ -102,155 +96,6 @@ class _PlanRequest:
     def group(self) -> int:
         """Requests batch together only within one group: the frozen length d (0: none)."""
         return 0 if self.frozen is None else len(self.frozen)
-
-
-def checkpoint_id(policy_dir: str | Path) -> str:
-    """A short id of a checkpoint folder: its name and a hash of its config and its weight files' sizes
-    and first MiB (cheap at any scale, changes when the weights do)."""
-    root = Path(policy_dir)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")):
-        digest.update(path.name.encode())
-        digest.update(str(path.stat().st_size).encode())
-        with open(path, "rb") as f:
-            digest.update(f.read(2**20))
-    return f"{root.resolve().name}-{digest.hexdigest()[:12]}"
-
-
-def _validate_frozen(frozen: Any, action_dim: int, chunk_length: int) -> np.ndarray:
-    """A plan request's ``frozen`` prefix as (d, action_dim) float32, 1 <= d < chunk_length, all finite."""
-    arr = np.asarray(frozen) if isinstance(frozen, (np.ndarray, list, tuple)) else None
-    if arr is None or arr.dtype.kind not in "biuf":
-        raise BadRequest(
-            f"frozen: expected a numeric array (d, {action_dim}), got "
-            f"{type(frozen).__name__ if arr is None else f'dtype {arr.dtype}'}"
-        )
-    if arr.ndim != 2 or arr.shape[1] != action_dim:
-        raise BadRequest(f"frozen: expected shape (d, {action_dim}), got {tuple(arr.shape)}")
-    if not 1 <= arr.shape[0] < chunk_length:
-        raise BadRequest(
-            f"frozen: expected 1 <= d < {chunk_length} (the chunk length) frozen steps, got {arr.shape[0]}"
-        )
-    if not np.isfinite(arr).all():
-        raise BadRequest("frozen: contains NaN or inf")
-    return np.array(arr, dtype=np.float32)
-
-
-def _validate_obs(obs: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """Check ``obs`` against the served observation spec; return it (arrays made writable copies)."""
-    if not isinstance(obs, dict):
-        raise BadRequest(f"obs: expected a map of observation keys, got {type(obs).__name__}")
-    out = dict(obs)
-    for key, want in spec.items():
-        if key not in obs:
-            if want.get("optional"):
-                continue
-            raise BadRequest(f"obs[{key!r}]: missing (expected keys: {sorted(spec)})")
-        value = obs[key]
-        if want["dtype"] == "str":
-            if not isinstance(value, str):
-                raise BadRequest(f"obs[{key!r}]: expected a string, got {type(value).__name__}")
-            continue
-        if want["dtype"] == "dict":
-            if not isinstance(value, dict):
-                raise BadRequest(f"obs[{key!r}]: expected a map of views, got {type(value).__name__}")
-            out[key] = _validate_obs(value, want["keys"])
-            continue
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise BadRequest(f"obs[{key!r}]: expected a numeric array, got dtype {arr.dtype}")
-        shape = tuple(want["shape"])
-        if arr.ndim != len(shape) or any(
-            n is not None and n != m for n, m in zip(shape, arr.shape, strict=True)
-        ):
-            expected = str(tuple("any" if n is None else n for n in shape)).replace("'", "")
-            raise BadRequest(f"obs[{key!r}]: expected shape {expected}, got {tuple(arr.shape)}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise BadRequest(f"obs[{key!r}]: contains NaN or inf")
-        if want["dtype"] == "uint8" and arr.dtype != np.uint8:
-            raise BadRequest(f"obs[{key!r}]: expected dtype uint8, got {arr.dtype}")
-        out[key] = np.array(arr)  # a writable copy in the sender's dtype, as an in-process caller passes it
-    return out
-
-
-class PolicyBackend:
-    """What the server needs from a ``DFMPolicy``: its observation spec, checks, batched plans, seeds.
-
-    Every call but :meth:`serving_spec` and :meth:`check` runs in the server's single model thread.
-    """
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-
-    def serving_spec(self) -> dict[str, Any]:
-        policy, cfg = self.policy, self.policy.config
-        obs: dict[str, Any] = {}
-        if cfg.use_text:
-            obs["language"] = {
-                "dtype": "str",
-                "max_tokens": cfg.max_text_tokens,
-                "example": "pick up the bowl",
-            }
-        if cfg.image_views:
-            view = {"dtype": "uint8", "shape": [None, None, 3], "size_hint": cfg.image_size}
-            obs["images"] = {"dtype": "dict", "keys": {v: dict(view) for v in cfg.image_views}}
-        if cfg.state_dim:
-            keys = list(cfg.state_keys)
-            for key in keys:  # one key: its length is known; several: only their total is
-                obs[key] = {"dtype": "float", "shape": [cfg.state_dim] if len(keys) == 1 else [None]}
-        return {
-            "action_dim": policy.action_dim,
-            "chunk_length": policy.action_tokenizer.horizon,
-            "execute_horizon": policy.execute_horizon,
-            "decoder": policy.decoder,
-            "observation": obs,
-            "seed": policy.seed,
-            "frozen_prefix": self.supports_frozen(),
-        }
-
-    def supports_frozen(self) -> bool:
-        """Whether the policy's ``plan`` takes ``frozen_actions`` (keeps a chunk's first steps fixed):
-        its signature says so and its action tokenizer is one it can freeze (uniform bins)."""
-        try:
-            takes_it = "frozen_actions" in inspect.signature(self.policy.plan).parameters
-        except (TypeError, ValueError):
-            return False
-        tokenizer = getattr(self.policy, "action_tokenizer", None)
-        return takes_it and getattr(tokenizer, "kind", "bins") == "bins"  # DFMPolicy: bins only
-
-    def check(self, obs: dict[str, Any]) -> None:
-        """Raise ValueError naming the first bad key (the in-process policy's own message)."""
-        self.policy.processor.check(obs)
-
-    def seed_env(self, env_index: int, seed: int) -> None:
-        self.policy.seed_env(env_index, seed)
-
-    def plan(
-        self,
-        obs_list: list[dict[str, Any]],
-        env_indices: list[int],
-        frozen_actions: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, list[dict]]:
-        """(B, chunk_length, action_dim) float32 chunks and, per row, the plan's report. ``frozen_actions``
-        (B, d, action_dim): each chunk's first d steps, kept fixed while the policy plans the rest."""
-        if frozen_actions is None:
-            chunks = self.policy.plan(obs_list, env_indices)
-        else:
-            chunks = self.policy.plan(obs_list, env_indices, frozen_actions=frozen_actions)
-        info = self.policy.last_plan
-        shared = {
-            "decoder": info.decoder,
-            "prefix_ms": float(info.prefix_ms),
-            "refine_ms": float(info.refine_ms),
-            "decode_ms": float(info.decode_ms),
-            "model_calls": int(info.model_calls),
-            "prefix_calls": int(info.prefix_calls),
-        }
-        rows = [
-            {**shared, "valid": bool(info.valid[i]), "changed_per_step": np.asarray(info.changed_per_step[i])}
-            for i in range(len(obs_list))
-        ]
-        return np.asarray(chunks, dtype=np.float32), rows
 
 
 class PolicyServer:
@@ -440,7 +285,7 @@ class PolicyServer:
     def _checked(self, obs: Any, where: str) -> dict[str, Any]:
         """``obs`` checked against the spec and by the policy's own processor (its messages, key named)."""
         try:
-            obs = _validate_obs(obs, self.obs_spec)
+            obs = validate_obs(obs, self.obs_spec)
             self.backend.check(obs)
         except ValueError as exc:  # BadRequest included
             text = str(exc)
@@ -487,7 +332,7 @@ class PolicyServer:
                     "frozen: this server's policy cannot keep a frozen prefix (its plan takes no "
                     "frozen_actions); send plan requests without 'frozen'"
                 )
-            frozen = _validate_frozen(
+            frozen = validate_frozen(
                 msg["frozen"], self.metadata["action_dim"], self.metadata["chunk_length"]
             )
         obs = self._checked(msg.get("obs"), "")
@@ -636,74 +481,3 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# ---------------------------------------------------------------------- the `serve` command
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--policy", metavar="DIR", required=True, help="checkpoint folder (save_pretrained)")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 for other machines"
-    )
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
-    parser.add_argument("--decoder", choices=("dfm", "dd", "ar"), help="default: the checkpoint's own")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if available)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="client envs i draw from generators seeded seed + i"
-    )
-    parser.add_argument(
-        "--batch-window-ms", type=float, default=5.0, help="wait this long for a batch to fill"
-    )
-    parser.add_argument(
-        "--max-batch", type=int, default=16, help="largest batch of plans; 1 turns batching off"
-    )
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING")
-
-
-def main(args) -> int:
-    import torch
-
-    from dfm_vla.agents.dfm_policy import DFMPolicy
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    policy = DFMPolicy.from_pretrained(args.policy, decoder=args.decoder, device=device, seed=args.seed)
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        batch_window_ms=args.batch_window_ms,
-        max_batch=args.max_batch,
-        checkpoint_id=checkpoint_id(args.policy),
-    )
-    server = PolicyServer(policy, config, seed=args.seed)
-    meta = server.metadata
-    print(
-        f"serving {meta['checkpoint_id']} ({meta['decoder']}, action_dim {meta['action_dim']}, chunk "
-        f"{meta['chunk_length']}, execute {meta['execute_horizon']}) on {device}; observation keys "
-        f"{sorted(meta['observation'])}; batching window {args.batch_window_ms} ms, max {args.max_batch}",
-        flush=True,
-    )
-    try:
-        asyncio.run(serve_until_signalled(server))
-    except KeyboardInterrupt:  # a Ctrl-C before serve_until_signalled installed its handlers
-        pass
-    print("stopped", flush=True)
-    return 0
-
-
-async def serve_until_signalled(server: PolicyServer) -> None:
-    """Serve until SIGINT (Ctrl-C) or SIGTERM (``docker stop``, ``kill``), then shut down cleanly: the
-    signal resolves the server's stop future instead of interrupting whatever code is running."""
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    try:
-        await server.serve_forever(stop=stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)

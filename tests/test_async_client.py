@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from dfm_vla.agents.dfm_policy import DFMPolicy
+from dfm_vla.serve.backend import PolicyBackend
 from dfm_vla.serve.bench_serve import write_random_checkpoint
 from dfm_vla.serve.client import BadRequestError, RemotePolicy
-from dfm_vla.serve.server import PolicyBackend, PolicyServer, ServerConfig, ServerThread
+from dfm_vla.serve.server import PolicyServer, ServerConfig, ServerThread
 
 STEPS = (3, 1)  # few DFM refinement steps: fast plans
 CHUNK, EXECUTE, DIM = 8, 4, 7  # so the threshold d may be 1..4

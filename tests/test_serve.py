@@ -16,10 +16,11 @@ import torch
 from websockets.sync.client import connect
 
 from dfm_vla.agents.dfm_policy import DFMPolicy
+from dfm_vla.serve.backend import checkpoint_id
 from dfm_vla.serve.bench_serve import write_random_checkpoint
 from dfm_vla.serve.client import BadRequestError, RemotePolicy, example_observation, health
 from dfm_vla.serve.msgpack_numpy import FrameError, packb, unpackb
-from dfm_vla.serve.server import PolicyServer, ServerConfig, ServerThread, checkpoint_id
+from dfm_vla.serve.server import PolicyServer, ServerConfig, ServerThread
 
 STEPS = (3, 1)  # DFM refinement steps: fewer than the default 14 + 2, to keep the tests fast
 
