@@ -79,6 +79,19 @@ def test_resets_are_randomised_and_reproducible():
     assert np.linalg.norm(a["veg"][:3] - c["veg"][:3]) > 1e-3
 
 
+@pytest.mark.parametrize("name", TASKS)
+def test_object_state_gives_each_object_pose_zero_padded_to_two_objects(name):
+    env = make_env(name)
+    obs, _ = env.reset(seed=5)
+    poses = env.unwrapped.task_state()  # {body: (7,) position + quaternion}
+    assert obs["object_state"].shape == (14,) and obs["object_state"].dtype == np.float32
+    assert env.observation_space["object_state"].contains(obs["object_state"])
+    expected = np.concatenate([*poses.values(), np.zeros(14 - 7 * len(poses))])
+    np.testing.assert_allclose(obs["object_state"], expected, atol=1e-6)
+    obs, *_ = env.step(obs["state"])  # hold the arms: the objects stay where they were
+    np.testing.assert_allclose(obs["object_state"][:3], expected[:3], atol=5e-3)
+
+
 def test_actions_are_clipped_to_limits_and_speed_limited():
     env = make_env("agilex_pot_lift").unwrapped
     obs, _ = env.reset(seed=0)
@@ -234,7 +247,8 @@ def test_collect_command_writes_agilex_demos_with_images(tmp_path):
     for demo in demos:
         assert demo.success and demo.actions.shape[1] == 14
         assert demo.obs["state"].shape == (demo.num_samples, 14)
-        assert demo.obs["object_state"].shape == (demo.num_samples, 7)
+        assert demo.obs["object_state"].shape == (demo.num_samples, 14)  # the pot, then zero padding
+        assert np.all(demo.obs["object_state"][:, 7:] == 0)
         assert demo.obs["cam_high_rgb"].shape == (demo.num_samples, 32, 32, 3)
         assert demo.language in PotLiftEnv.instructions
 
@@ -283,3 +297,24 @@ def test_image_policy_trained_on_agilex_demos_is_evaluated_at_the_demo_image_siz
     assert cli.main([*args, "--max-steps", "8", "--num-envs", "1", "--out", str(out)]) == 0
     (episode,) = json.loads((out / "results.json").read_text())["episodes"]
     assert episode["length"] == 8 and episode["plans"] == 2 and not episode["success"]
+
+
+def test_failure_phase_says_how_far_a_failed_pick_and_place_got(expert):
+    env = make_env("agilex_place_veg", max_episode_steps=150)
+    base = env.unwrapped
+
+    def run(expert_steps: int) -> tuple[bool, str | None]:
+        obs, _ = env.reset(seed=21)
+        expert.reset(env)
+        for t in range(150):
+            # the expert until `expert_steps`, then hold the arms where they are headed
+            action = expert.act(obs) if t < expert_steps else base.hold_action()
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+        return info["success"], base.failure_phase()
+
+    assert run(150) == (True, None)
+    assert run(0) == (False, "no grasp")
+    # 110 steps: the carrot is grasped, carried and lowered over the pot; the release comes at 117
+    assert run(110) == (False, "held, not released")

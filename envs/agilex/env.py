@@ -3,6 +3,9 @@
 Observation (a Dict):
     ``language``  str, the episode's instruction (one of the task's paraphrases).
     ``state``     (14,) float32: [L j1..j6 (rad), L gripper opening (m), R j1..j6, R gripper], left first.
+    ``object_state`` (14,) float32: privileged object poses for low-dimensional policies, per object of
+                  the task (``object_bodies`` order) its world position (m) and quaternion (w, x, y, z),
+                  zero-padded to two objects so that one policy serves all three tasks.
     ``images``    {"cam_high", "cam_left_wrist", "cam_right_wrist"}: (H, W, 3) uint8, only when
                   ``camera_mode="every_step"``; with ``"on_demand"`` call ``env.unwrapped.render_images()``.
 Action: (14,) float32 absolute joint targets in the same layout as ``state`` (the real robot's convention).
@@ -33,6 +36,7 @@ ARMS: tuple[str, str] = ("left", "right")
 CAMERA_NAMES: tuple[str, str, str] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 CAMERA_MODES = ("none", "every_step", "on_demand")
 TABLE_TOP_Z = 0.80  # m, world frame
+MAX_OBJECTS = 2  # object_state holds 7 numbers per object, zero-padded to this many objects
 CONTROL_DT = 0.04  # s (25 Hz)
 # Arm pose at reset (rad), per arm j1..j6: tool 0.2 m above the table, 0.2 m ahead of the base, tilted
 # 0.6 rad forward from straight down.
@@ -124,6 +128,7 @@ class AgileXEnv(gym.Env):
             "language": gym.spaces.Text(max_length=256, charset=LANGUAGE_CHARSET),
             # Joint limits widened by 0.5 rad (MuJoCo limits are soft); gripper opening -0.01..0.08 m.
             "state": gym.spaces.Box(state_low, state_high, dtype=np.float32),
+            "object_state": gym.spaces.Box(-np.inf, np.inf, (7 * MAX_OBJECTS,), dtype=np.float32),
         }
         if camera_mode == "every_step":
             h, w = self.image_size
@@ -142,6 +147,8 @@ class AgileXEnv(gym.Env):
 
     def _is_success(self) -> bool:
         return False
+
+    object_bodies: tuple[str, ...] = ()  # free or mocap bodies whose poses ``object_state`` reports
 
     # ----------------------------------------------------------------------------------- helpers
     def joint_state(self) -> np.ndarray:
@@ -162,6 +169,14 @@ class AgileXEnv(gym.Env):
         """World position (3,) and rotation matrix (3, 3) of body ``name``."""
         b = self.data.body(name)
         return b.xpos.copy(), b.xmat.reshape(3, 3).copy()
+
+    def object_state(self) -> np.ndarray:
+        """(7 * MAX_OBJECTS,) float32: position + quaternion of each of ``object_bodies``, zero-padded."""
+        out = np.zeros(7 * MAX_OBJECTS, np.float32)
+        for i, name in enumerate(self.object_bodies):
+            b = self.data.body(name)
+            out[7 * i : 7 * i + 7] = np.concatenate([b.xpos, b.xquat])
+        return out
 
     def touching(self, geom_ids: set[int], other_geom_ids: set[int]) -> bool:
         """True when any active contact joins a geom of ``geom_ids`` to one of ``other_geom_ids``."""
@@ -299,6 +314,7 @@ class AgileXEnv(gym.Env):
         obs: dict[str, Any] = {
             "language": self.instruction,
             "state": self.joint_state().astype(np.float32),
+            "object_state": self.object_state(),
         }
         if self.camera_mode == "every_step":
             obs["images"] = self.render_images()
@@ -306,7 +322,11 @@ class AgileXEnv(gym.Env):
 
     def _safe_observation(self) -> dict[str, Any]:
         """A valid observation after a failed (unstable) step: zero state, black images."""
-        obs: dict[str, Any] = {"language": self.instruction, "state": np.zeros(14, dtype=np.float32)}
+        obs: dict[str, Any] = {
+            "language": self.instruction,
+            "state": np.zeros(14, dtype=np.float32),
+            "object_state": np.zeros(7 * MAX_OBJECTS, dtype=np.float32),
+        }
         if self.camera_mode == "every_step":
             h, w = self.image_size
             obs["images"] = {cam: np.zeros((h, w, 3), dtype=np.uint8) for cam in CAMERA_NAMES}

@@ -7,9 +7,12 @@ tasks publish no success criteria, so these are ours, in the spirit of ACT's con
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dfm_vla.envs.agilex.env import TABLE_TOP_Z, AgileXEnv
+from dfm_vla.envs.agilex.failure_phases import PickPlaceProgress, PotLiftProgress
 
 POT_RIM_HEIGHT = 0.076  # m above the pot's base frame
 POT_INNER_RADIUS = 0.085
@@ -31,7 +34,30 @@ def tilt_angle(rotation: np.ndarray) -> float:
 
 
 class AgileXTaskEnv(AgileXEnv):
-    """Adds free-body placement helpers to the base env."""
+    """Adds free-body placement helpers and failure phases (``envs/agilex/failure_phases.py``)."""
+
+    _progress: PickPlaceProgress | PotLiftProgress | None = None
+
+    def _make_progress(self) -> PickPlaceProgress | PotLiftProgress | None:
+        return None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        out = super().reset(seed=seed, options=options)
+        self._progress = self._make_progress()
+        return out
+
+    def step(self, action):
+        out = super().step(action)
+        if self._progress is not None:
+            self._progress.update()
+        return out
+
+    def failure_phase(self) -> str | None:
+        """How far a failed episode got: ``"no grasp"``, ``"held, not released"`` ...; None after a
+        success or before the first reset."""
+        if self._progress is None or self._is_success():
+            return None
+        return self._progress.failure_phase()
 
     def _set_free_body(self, name: str, pos: np.ndarray, yaw: float) -> None:
         adr = self.model.jnt_qposadr[self.model.joint(name).id]
@@ -49,14 +75,6 @@ class AgileXTaskEnv(AgileXEnv):
             b = self.data.body(name)
             out[name] = np.concatenate([b.xpos, b.xquat])
         return out
-
-    def demo_obs_extras(self) -> dict[str, np.ndarray]:
-        """Extra per-step demo keys (used by ``python cli.py collect``): ``object_state``, float32
-        (7 * number of objects,): world position (m) and quaternion (w, x, y, z) of each object in
-        ``object_bodies`` order, for low-dimensional policies."""
-        return {"object_state": np.concatenate(list(self.task_state().values())).astype(np.float32)}
-
-    object_bodies: tuple[str, ...] = ()
 
 
 class PotLiftEnv(AgileXTaskEnv):
@@ -79,6 +97,9 @@ class PotLiftEnv(AgileXTaskEnv):
     object_bodies = ("pot",)
     LIFT_HEIGHT = 0.06
     MAX_TILT = 0.2
+
+    def _make_progress(self) -> PotLiftProgress:
+        return PotLiftProgress(self)
 
     def _place_objects(self, rng: np.random.Generator) -> None:
         pos = np.array([rng.uniform(0.34, 0.42), rng.uniform(-0.03, 0.03), TABLE_TOP_Z])
@@ -115,6 +136,9 @@ class PlaceVegEnv(AgileXTaskEnv):
     object_bodies = ("pot", "veg")
     MAX_RADIAL = 0.07
     MAX_HEIGHT = 0.06  # carrot centre above the pot base (the rim is at 0.076)
+
+    def _make_progress(self) -> PickPlaceProgress:
+        return PickPlaceProgress(self, "veg", "pot", "right")
 
     def _place_objects(self, rng: np.random.Generator) -> None:
         pot = np.array([rng.uniform(0.36, 0.44), rng.uniform(0.02, 0.10), TABLE_TOP_Z])
@@ -154,6 +178,9 @@ class PlaceBlockEnv(AgileXTaskEnv):
     MAX_RADIAL = 0.06
     MAX_HEIGHT_GAP = 0.012
     riser_count = 0
+
+    def _make_progress(self) -> PickPlaceProgress:
+        return PickPlaceProgress(self, "block", "plate", "left")
 
     def _place_objects(self, rng: np.random.Generator) -> None:
         block = np.array([rng.uniform(0.30, 0.42), rng.uniform(0.10, 0.20), TABLE_TOP_Z + BLOCK_HALF + 0.001])
