@@ -64,14 +64,16 @@ def test_shipped_policy_is_small_and_acts_on_a_libero_goal_observation(name, rep
     ("folder", "env_name"),
     [
         ("checkpoints/agilex_tiny_dfm", "agilex_place_veg"),
+        ("checkpoints/agilex_state_tiny_dfm", "agilex_place_block"),
         ("checkpoints/calvin_d_tiny_dfm", "calvin_d"),
         ("checkpoints/libero_spatial_tiny_dfm", "libero_spatial"),
         ("checkpoints/libero_object_tiny_dfm", "libero_object"),
     ],
 )
 def test_other_shipped_policies_act_in_their_env_as_evaluation_sets_it_up(folder, env_name, repo_root):
-    """The AgileX policy reads three 64 x 64 cameras (evaluation renders at that size); CALVIN's and the
-    LIBERO-Spatial and -Object ones, state (their object states have 62 and 70 numbers, Goal's 58)."""
+    """The AgileX image policy reads three 64 x 64 cameras (evaluation renders at that size); the AgileX state
+    policy, the joints and two object poses; CALVIN's and the LIBERO-Spatial and -Object ones, state (their
+    object states have 62 and 70 numbers, Goal's 58)."""
     from dfm_vla.evaluation.policies import PolicySpec
     from dfm_vla.evaluation.runner import RunConfig, setup
 
