@@ -10,7 +10,8 @@ Pick and place (place veg., place block), object A carried to target B by one ar
 - ``grasp missed``: the pads touched A, but A never rose ``LIFT_M`` above where it started;
 - ``held, not released``: A was lifted and the pads still hold it at the end, within ``NEAR_M`` of B
   horizontally (carried to the target, never let go);
-- ``lost on the way``: A was lifted, and at the end it is neither held nor within ``NEAR_M`` of B;
+- ``lost on the way``: A was lifted but ends more than ``NEAR_M`` from B (dropped, or still carried
+  elsewhere);
 - ``placed wrong``: A was lifted and ends within ``NEAR_M`` of B, but the success test is false (too high,
   still touched, or the pot knocked over).
 
