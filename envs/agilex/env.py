@@ -170,12 +170,19 @@ class AgileXEnv(gym.Env):
         b = self.data.body(name)
         return b.xpos.copy(), b.xmat.reshape(3, 3).copy()
 
+    def task_state(self) -> dict[str, np.ndarray]:
+        """Privileged object poses for experts and logs: {name: (7,) position + quaternion}."""
+        return {
+            name: np.concatenate([self.data.body(name).xpos, self.data.body(name).xquat])
+            for name in self.object_bodies
+        }
+
     def object_state(self) -> np.ndarray:
-        """(7 * MAX_OBJECTS,) float32: position + quaternion of each of ``object_bodies``, zero-padded."""
+        """(7 * MAX_OBJECTS,) float32: ``task_state``'s poses in ``object_bodies`` order, zero-padded."""
         out = np.zeros(7 * MAX_OBJECTS, np.float32)
-        for i, name in enumerate(self.object_bodies):
-            b = self.data.body(name)
-            out[7 * i : 7 * i + 7] = np.concatenate([b.xpos, b.xquat])
+        poses = list(self.task_state().values())
+        if poses:
+            out[: 7 * len(poses)] = np.concatenate(poses)
         return out
 
     def touching(self, geom_ids: set[int], other_geom_ids: set[int]) -> bool:

@@ -67,19 +67,13 @@ class PotLiftProgress:
 
     def __init__(self, env) -> None:
         self.env = env
-        self._handles = {
-            "left": {env.model.geom("pot_handle_left").id},
-            "right": {env.model.geom("pot_handle_right").id},
-        }
         self.start_z = float(env.data.body("pot").xpos[2])
         self.both_held = False
         self.max_rise = 0.0
 
     def update(self) -> None:
-        env = self.env
-        both = all(env.touching(env.pad_geoms(arm), geoms) for arm, geoms in self._handles.items())
-        self.both_held = self.both_held or both
-        self.max_rise = max(self.max_rise, float(env.data.body("pot").xpos[2]) - self.start_z)
+        self.both_held = self.both_held or self.env.handles_held()
+        self.max_rise = max(self.max_rise, float(self.env.data.body("pot").xpos[2]) - self.start_z)
 
     def failure_phase(self) -> str:
         if not self.both_held:

@@ -68,14 +68,6 @@ class AgileXTaskEnv(AgileXEnv):
         mocap_id = self.model.body_mocapid[self.model.body(name).id]
         self.data.mocap_pos[mocap_id] = pos
 
-    def task_state(self) -> dict[str, np.ndarray]:
-        """Privileged object poses for experts and logs: {name: (7,) position + quaternion}."""
-        out = {}
-        for name in self.object_bodies:
-            b = self.data.body(name)
-            out[name] = np.concatenate([b.xpos, b.xquat])
-        return out
-
 
 class PotLiftEnv(AgileXTaskEnv):
     """Pot Lift: both arms grasp the pot's two handles and lift it, keeping it level.
@@ -109,6 +101,10 @@ class PotLiftEnv(AgileXTaskEnv):
         pos, rot = self.body_pose("pot")
         if pos[2] - TABLE_TOP_Z < self.LIFT_HEIGHT or tilt_angle(rot) > self.MAX_TILT:
             return False
+        return self.handles_held()
+
+    def handles_held(self) -> bool:
+        """True when each handle touches a finger pad of its own arm (left arm: the +y handle)."""
         left = {self.model.geom("pot_handle_left").id}
         right = {self.model.geom("pot_handle_right").id}
         return self.touching(self.pad_geoms("left"), left) and self.touching(self.pad_geoms("right"), right)
