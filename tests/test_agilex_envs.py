@@ -92,6 +92,22 @@ def test_object_state_gives_each_object_pose_zero_padded_to_two_objects(name):
     np.testing.assert_allclose(obs["object_state"][:3], expected[:3], atol=5e-3)
 
 
+def test_tcp_state_is_the_forward_kinematics_of_the_joint_state(expert):
+    from dfm_vla.envs.agilex.ik import BimanualIK
+
+    env = make_env("agilex_place_veg")
+    obs, _ = env.reset(seed=6)
+    expert.reset(env)
+    for _ in range(40):  # approach the carrot: the right tool moves, the left holds
+        obs, *_ = env.step(expert.act(obs))
+    assert obs["tcp_state"].shape == (6,) and env.observation_space["tcp_state"].contains(obs["tcp_state"])
+    ik = BimanualIK()
+    ik.reset(np.stack([obs["state"][0:6], obs["state"][7:13]]))
+    expected = np.concatenate([ik.tcp_pose("left")[0], ik.tcp_pose("right")[0]])
+    # within 1 mm: MuJoCo's site positions trail the joint positions by one 2 ms physics step
+    np.testing.assert_allclose(obs["tcp_state"], expected, atol=1e-3)
+
+
 def test_actions_are_clipped_to_limits_and_speed_limited():
     env = make_env("agilex_pot_lift").unwrapped
     obs, _ = env.reset(seed=0)
@@ -130,6 +146,27 @@ def test_expert_succeeds(name, seed, expert):
     env = make_env(name).unwrapped
     steps, reward, info = run_expert(env, expert, seed)
     assert info["success"] and reward == 1.0 and steps < env.max_episode_steps
+
+
+def test_the_place_expert_opens_its_fingers_while_still_lowering_the_object(expert):
+    """The release belongs to a position on the way down, not to a pause at the place pose."""
+    env = make_env("agilex_place_veg").unwrapped
+    obs, _ = env.reset(seed=3)
+    expert.reset(env)
+    grip, tcp_z = [], []
+    for _ in range(env.max_episode_steps):
+        action = expert.act(obs)
+        grip.append(action[13])  # the right arm's gripper command (m)
+        obs, reward, terminated, truncated, info = env.step(action)
+        tcp_z.append(env.data.site("right_tcp").xpos[2])
+        if terminated or truncated:
+            break
+    assert info["success"]
+    closed = int(np.argmax(np.asarray(grip) < 0.01))  # the grasp
+    release = closed + int(np.argmax(np.asarray(grip[closed:]) > 0.05))  # first opening command after it
+    lowest = min(tcp_z[release:])
+    assert tcp_z[release] - lowest > 0.01, "the fingers should open more than 1 cm above the lowest point"
+    assert tcp_z[release + 1] < tcp_z[release], "the arm should still be lowering when the fingers open"
 
 
 def test_a_held_block_stays_in_the_gripper_while_the_arm_swings(expert):
@@ -249,6 +286,7 @@ def test_collect_command_writes_agilex_demos_with_images(tmp_path):
         assert demo.obs["state"].shape == (demo.num_samples, 14)
         assert demo.obs["object_state"].shape == (demo.num_samples, 14)  # the pot, then zero padding
         assert np.all(demo.obs["object_state"][:, 7:] == 0)
+        assert demo.obs["tcp_state"].shape == (demo.num_samples, 6)
         assert demo.obs["cam_high_rgb"].shape == (demo.num_samples, 32, 32, 3)
         assert demo.language in PotLiftEnv.instructions
 

@@ -3,6 +3,8 @@
 Observation (a Dict):
     ``language``  str, the episode's instruction (one of the task's paraphrases).
     ``state``     (14,) float32: [L j1..j6 (rad), L gripper opening (m), R j1..j6, R gripper], left first.
+    ``tcp_state`` (6,) float32: [L tool centre xyz, R tool centre xyz] (m, world frame), the forward
+                  kinematics of ``state`` (what a real arm's controller reports as its end pose).
     ``object_state`` (14,) float32: privileged object poses for low-dimensional policies, per object of
                   the task (``object_bodies`` order) its world position (m) and quaternion (w, x, y, z),
                   zero-padded to two objects so that one policy serves all three tasks.
@@ -128,6 +130,7 @@ class AgileXEnv(gym.Env):
             "language": gym.spaces.Text(max_length=256, charset=LANGUAGE_CHARSET),
             # Joint limits widened by 0.5 rad (MuJoCo limits are soft); gripper opening -0.01..0.08 m.
             "state": gym.spaces.Box(state_low, state_high, dtype=np.float32),
+            "tcp_state": gym.spaces.Box(-np.inf, np.inf, (6,), dtype=np.float32),
             "object_state": gym.spaces.Box(-np.inf, np.inf, (7 * MAX_OBJECTS,), dtype=np.float32),
         }
         if camera_mode == "every_step":
@@ -159,6 +162,10 @@ class AgileXEnv(gym.Env):
             out[7 * i : 7 * i + 6] = q[self._arm_qpos_adr[i]]
             out[7 * i + 6] = q[self._finger_qpos_adr[i]].sum()
         return out
+
+    def tcp_state(self) -> np.ndarray:
+        """(6,) float32 world positions (m) of the left and right tool centre points (``<arm>_tcp`` sites)."""
+        return np.concatenate([self.data.site(f"{arm}_tcp").xpos for arm in ARMS]).astype(np.float32)
 
     @property
     def joint_targets(self) -> np.ndarray:
@@ -321,6 +328,7 @@ class AgileXEnv(gym.Env):
         obs: dict[str, Any] = {
             "language": self.instruction,
             "state": self.joint_state().astype(np.float32),
+            "tcp_state": self.tcp_state(),
             "object_state": self.object_state(),
         }
         if self.camera_mode == "every_step":
@@ -332,6 +340,7 @@ class AgileXEnv(gym.Env):
         obs: dict[str, Any] = {
             "language": self.instruction,
             "state": np.zeros(14, dtype=np.float32),
+            "tcp_state": np.zeros(6, dtype=np.float32),
             "object_state": np.zeros(7 * MAX_OBJECTS, dtype=np.float32),
         }
         if self.camera_mode == "every_step":

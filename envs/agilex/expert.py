@@ -33,16 +33,21 @@ OPEN = 0.06  # m gripper opening while approaching
 CLOSED = 0.0  # commanded opening when grasping (the object stops the fingers)
 TILT = 0.6  # rad from straight down, towards the object as seen from the arm base
 APPROACH = 0.08  # m back-off along the tool axis before descending onto a grasp
+RELEASE_FROM = 0.75  # fraction of the last descent after which the fingers open (about 2 cm above place)
 
 
 @dataclass
 class Waypoint:
-    """Reach ``pos`` (3,) / ``rot`` (3, 3) over ``steps`` control steps, gripper opening ``gripper`` (m)."""
+    """Reach ``pos`` (3,) / ``rot`` (3, 3) over ``steps`` control steps, gripper opening ``gripper`` (m).
+
+    The gripper keeps the previous waypoint's opening until the motion has covered ``gripper_from`` of the
+    segment (a fraction of the path, 0 = from the first step)."""
 
     steps: int
     pos: np.ndarray
     rot: np.ndarray
     gripper: float
+    gripper_from: float = 0.0
 
 
 def _best_axis(candidates: list[np.ndarray], approach: np.ndarray) -> np.ndarray:
@@ -55,7 +60,11 @@ def _pick_and_place(
     base: np.ndarray, grasp: np.ndarray, axis: np.ndarray, place: np.ndarray, lift: float
 ) -> list[Waypoint]:
     """Waypoints for the arm mounted at ``base``: approach, descend, close, lift, carry above ``place``,
-    lower, open, retreat. ``lift`` (m) is the carry clearance above the higher of grasp and place."""
+    lower while opening over the last quarter of the descent, retreat. ``lift`` (m) is the carry clearance
+    above the higher of grasp and place.
+
+    The fingers open while the arm still moves, so the release is tied to a position the learned policies
+    reach, not to a pause at ``place`` (a policy that waits for it stops a centimetre short, holding on)."""
     rot = grasp_rotation(axis, grasp - base, TILT)
     back = -APPROACH * rot[:, 2]
     carry_height = max(grasp[2], place[2]) + lift
@@ -67,7 +76,7 @@ def _pick_and_place(
         Waypoint(8, grasp, rot, CLOSED),
         Waypoint(16, above_grasp, rot, CLOSED),
         Waypoint(28, above_place, rot, CLOSED),
-        Waypoint(16, place, rot, CLOSED),
+        Waypoint(16, place, rot, OPEN, gripper_from=RELEASE_FROM),
         Waypoint(8, place, rot, OPEN),
         Waypoint(16, place + np.array([0.0, 0.0, 0.08]) + back, rot, OPEN),
     ]
@@ -153,11 +162,12 @@ class AgileXExpert:
                 s = k / wp.steps
                 s = s * s * (3 - 2 * s)  # smooth start and stop
                 T = a.interpolate(b, s)
-                g = (
-                    wp.gripper
-                    if wp.gripper >= grip
-                    else grip + (wp.gripper - grip) * min(1.0, 2 * k / wp.steps)
-                )
+                if s < wp.gripper_from:
+                    g = grip
+                elif wp.gripper >= grip:
+                    g = wp.gripper
+                else:
+                    g = grip + (wp.gripper - grip) * min(1.0, 2 * k / wp.steps)
                 out.append((T.translation().copy(), T.rotation().as_matrix().copy(), g))
             pos, rot, grip = wp.pos, wp.rot, wp.gripper
         return out
