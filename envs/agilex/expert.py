@@ -60,8 +60,8 @@ def _pick_and_place(
     base: np.ndarray, grasp: np.ndarray, axis: np.ndarray, place: np.ndarray, lift: float
 ) -> list[Waypoint]:
     """Waypoints for the arm mounted at ``base``: approach, descend, close, lift, carry above ``place``,
-    lower while opening over the last quarter of the descent, retreat. ``lift`` (m) is the carry clearance
-    above the higher of grasp and place.
+    lower (the gripper is commanded open once three quarters of the descent are covered), retreat.
+    ``lift`` (m) is the carry clearance above the higher of grasp and place.
 
     The fingers open while the arm still moves, so the release is tied to a position the learned policies
     reach, not to a pause at ``place`` (a policy that waits for it stops a centimetre short, holding on)."""
